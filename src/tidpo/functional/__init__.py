@@ -1,0 +1,61 @@
+"""The TI-DPO math: pure torch functions, each naming its equation in METHOD.md / the paper.
+
+Nothing here imports the rest of tidpo; trainers, data and CLI code are thin layers around it.
+"""
+
+from tidpo.functional.attribution import (
+    attribution_from_graph,
+    gradient_attribution,
+    last_token_index,
+    last_token_max_logit,
+    position_ids_from_mask,
+)
+from tidpo.functional.baselines import (
+    cdpo_loss,
+    dpo_loss,
+    hinge_loss,
+    ipo_loss,
+    robust_loss,
+    simpo_loss,
+    tdpo_loss,
+)
+from tidpo.functional.logps import per_token_logps, sequential_kl
+from tidpo.functional.losses import triplet_distances, triplet_loss, weighted_dpo_loss
+from tidpo.functional.weights import (
+    attribution_weights,
+    fallback_rows,
+    gaussian_prior,
+    hybrid_weights,
+    random_weights,
+    softmax_prior_weights,
+    span_positions,
+    uniform_weights,
+)
+
+__all__ = [
+    "attribution_from_graph",
+    "attribution_weights",
+    "cdpo_loss",
+    "dpo_loss",
+    "fallback_rows",
+    "gaussian_prior",
+    "gradient_attribution",
+    "hinge_loss",
+    "hybrid_weights",
+    "ipo_loss",
+    "last_token_index",
+    "last_token_max_logit",
+    "per_token_logps",
+    "position_ids_from_mask",
+    "random_weights",
+    "robust_loss",
+    "sequential_kl",
+    "simpo_loss",
+    "softmax_prior_weights",
+    "span_positions",
+    "tdpo_loss",
+    "triplet_distances",
+    "triplet_loss",
+    "uniform_weights",
+    "weighted_dpo_loss",
+]
