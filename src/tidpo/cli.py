@@ -1,17 +1,35 @@
-"""The `tidpo` command line (typer + rich)."""
+"""The `tidpo` command line (typer + rich). Each command is a thin layer over a library function."""
 
 from __future__ import annotations
 
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
 
 from tidpo import __version__
+from tidpo.errors import TidpoError
 
 app = typer.Typer(
     name="tidpo",
     help="Token-Importance Guided Direct Preference Optimization (TI-DPO) for causal LMs.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(err: Exception, debug: bool) -> None:
+    """Report a user-facing error as one line and exit 2 (the traceback only with --debug)."""
+    if debug:
+        raise err
+    err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
 
 
 @app.command()
@@ -20,6 +38,74 @@ def version() -> None:
     typer.echo(__version__)
 
 
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Option(help="YAML file of TIDPOConfig fields.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Local transformers folder, a .gguf file, or 'default'.")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="JSONL/JSON/parquet/CSV file or save_to_disk folder.")
+    ] = None,
+    loss: Annotated[
+        str | None, typer.Option(help="tidpo|dpo|cdpo|ipo|hinge|robust|simpo|tdpo")
+    ] = None,
+    weighting: Annotated[
+        str | None, typer.Option(help="hybrid|attribution|prior|uniform|random|softmax_prior")
+    ] = None,
+    preset: Annotated[str | None, typer.Option(help="paper (default) | released")] = None,
+    lora: Annotated[
+        bool, typer.Option(help="Train LoRA adapters (peft) instead of all weights.")
+    ] = False,
+    max_steps: Annotated[int | None, typer.Option(help="Optimiser steps.")] = None,
+    output_dir: Annotated[
+        str | None, typer.Option(help="Run folder (default runs/<name>).")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Run name under runs/.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Reuse an output folder holding a run.")] = False,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Any TIDPOConfig field: --set beta=0.2")
+    ] = None,
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="Allow model code from the folder.")
+    ] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Train a model with TI-DPO (defaults: SmolLM2-135M-Instruct on the bundled data)."""
+    from tidpo.run import RunOptions, load_yaml_config, run_training
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        values: dict[str, Any] = load_yaml_config(config) if config else {}
+        run_keys = ("model", "dataset", "output_dir", "name", "lora", "lora_r", "resume")
+        run_values = {k: values.pop(k) for k in run_keys if k in values}
+        for item in set_ or []:
+            key, sep, raw = item.partition("=")
+            if not sep:
+                raise TidpoError(f"--set {item!r}: expected FIELD=VALUE")
+            import yaml
+
+            values[key.strip()] = yaml.safe_load(raw)
+        flags = {"loss": loss, "weighting": weighting, "preset": preset, "max_steps": max_steps}
+        values.update({k: v for k, v in flags.items() if v is not None})
+        opts = RunOptions(
+            model=model or run_values.get("model"),
+            dataset=dataset or run_values.get("dataset"),
+            output_dir=output_dir or run_values.get("output_dir"),
+            name=name or run_values.get("name"),
+            lora=lora or bool(run_values.get("lora", False)),
+            lora_r=int(run_values.get("lora_r", 16)),
+            resume=resume,
+            overwrite=overwrite,
+            trust_remote_code=trust_remote_code,
+            config=values,
+        )
+        run_training(opts, console)
+    except TidpoError as err:
+        fail(err, debug)
+
+
 def main() -> None:
     """Entry point of `python -m tidpo`."""
-    app()
+    app(prog_name="tidpo" if sys.argv and sys.argv[0].endswith("__main__.py") else None)

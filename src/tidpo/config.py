@@ -1,0 +1,148 @@
+"""TIDPOConfig: transformers.TrainingArguments plus the TI-DPO knobs (METHOD.md section 5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from transformers import TrainingArguments
+
+from tidpo.errors import TidpoError
+
+LOSSES = ("tidpo", "dpo", "cdpo", "ipo", "hinge", "robust", "simpo", "tdpo")
+WEIGHTINGS = ("hybrid", "attribution", "prior", "uniform", "random", "softmax_prior")
+PRESETS = ("paper", "released")
+
+# The released code's values (config/loss/tidpo.yaml), applied by preset="released" to every field
+# still at its paper default (a value the user set explicitly is kept).
+RELEASED: dict[str, Any] = {
+    "beta": 0.2,
+    "importance_lambda": 0.2,
+    "gamma": 0.001,
+    "triplet_margin": 0.001,
+    "tdpo_alpha": 0.5,
+    "sigma_div": 8.0,
+    "weight_span": "sequence",
+    "weight_scale": "mean",
+    "optim": "rmsprop",
+    "learning_rate": 5e-6,
+    "warmup_steps": 150,
+    "max_grad_norm": 10.0,
+}
+
+
+class ConfigError(TidpoError, ValueError):
+    """An invalid configuration value; the message names the field."""
+
+
+def _choice(name: str, value: Any, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ConfigError(f"{name}: must be one of {', '.join(options)}; got {value!r}")
+
+
+def _check(name: str, ok: bool, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: must be {rule}; got {value!r}")
+
+
+@dataclass
+class TIDPOConfig(TrainingArguments):
+    """Training arguments for `TIDPOTrainer`: every `TrainingArguments` option plus TI-DPO's.
+
+    Defaults are the paper's (METHOD.md section 5); ``preset="released"`` switches the fields left
+    at their defaults to the released code's values. Invalid values raise `ConfigError` at
+    construction, naming the field.
+    """
+
+    beta: float = field(default=0.1, metadata={"help": "Inverse temperature beta (Eq. 12)."})
+    importance_lambda: float = field(default=0.7, metadata={"help": "Hybrid mix lambda (Eq. 8)."})
+    sigma_div: float = field(default=4.0, metadata={"help": "Prior width: sigma = T / sigma_div."})
+    weight_scale: str = field(default="mean", metadata={"help": "mean (avg 1) | sum (sum 1)."})
+    weight_span: str = field(default="response", metadata={"help": "response | sequence."})
+    weighting: str = field(default="hybrid", metadata={"help": "|".join(WEIGHTINGS)})
+    gamma: float = field(default=0.1, metadata={"help": "Triplet loss weight (Eq. 14)."})
+    triplet_margin: float = field(default=0.1, metadata={"help": "Triplet margin (Eq. 13)."})
+    tdpo_alpha: float = field(default=0.0, metadata={"help": "Weighted TDPO2 KL term alpha."})
+    loss: str = field(default="tidpo", metadata={"help": "|".join(LOSSES)})
+    label_smoothing: float = field(default=0.1, metadata={"help": "eps of cdpo and robust."})
+    simpo_beta: float = field(default=2.0, metadata={"help": "SimPO beta."})
+    simpo_gamma: float = field(default=1.0, metadata={"help": "SimPO target reward margin."})
+    anchor_source: str = field(default="policy", metadata={"help": "policy | column | none."})
+    anchor_from: str = field(default="prompt", metadata={"help": "prompt | chosen_prefix."})
+    anchor_max_new_tokens: int = field(default=64)
+    anchor_top_k: int = field(default=50)
+    anchor_top_p: float = field(default=0.95)
+    anchor_temperature: float = field(default=0.8)
+    anchor_refresh_steps: int = field(
+        default=1,
+        metadata={"help": "Re-sample an anchor once it is this many steps old."},
+    )
+    max_length: int = field(default=512, metadata={"help": "Prompt + response tokens."})
+    ref_model: str | None = field(
+        default=None, metadata={"help": "Reference model path; None = frozen copy of the policy."}
+    )
+    precompute_ref: bool = field(
+        default=False, metadata={"help": "Cache reference log-probs on disk before training."}
+    )
+    preset: str = field(default="paper", metadata={"help": "paper | released."})
+    remove_unused_columns: bool = field(default=False)
+    report_to: Any = field(default="none")
+
+    def __post_init__(self) -> None:
+        _choice("preset", self.preset, PRESETS)
+        if self.preset == "released":
+            defaults = {f.name: f.default for f in fields(TIDPOConfig)}
+            for key, value in RELEASED.items():
+                if getattr(self, key) == defaults.get(key):
+                    setattr(self, key, value)
+        self.validate_tidpo()
+        super().__post_init__()
+
+    def validate_tidpo(self) -> None:
+        """Raise `ConfigError` naming the first invalid TI-DPO field."""
+        _choice("loss", self.loss, LOSSES)
+        _choice("weighting", self.weighting, WEIGHTINGS)
+        _choice("weight_scale", self.weight_scale, ("mean", "sum"))
+        _choice("weight_span", self.weight_span, ("response", "sequence"))
+        _choice("anchor_source", self.anchor_source, ("policy", "column", "none"))
+        _choice("anchor_from", self.anchor_from, ("prompt", "chosen_prefix"))
+        _check("beta", self.beta > 0, "> 0", self.beta)
+        _check("importance_lambda", 0 <= self.importance_lambda <= 1, "in [0, 1]",
+               self.importance_lambda)  # fmt: skip
+        _check("sigma_div", self.sigma_div > 0, "> 0", self.sigma_div)
+        _check("gamma", self.gamma >= 0, ">= 0", self.gamma)
+        _check("triplet_margin", self.triplet_margin >= 0, ">= 0", self.triplet_margin)
+        _check("tdpo_alpha", self.tdpo_alpha >= 0, ">= 0", self.tdpo_alpha)
+        _check("label_smoothing", 0 <= self.label_smoothing < 0.5, "in [0, 0.5)",
+               self.label_smoothing)  # fmt: skip
+        _check("simpo_beta", self.simpo_beta > 0, "> 0", self.simpo_beta)
+        _check("anchor_max_new_tokens", self.anchor_max_new_tokens >= 1, ">= 1",
+               self.anchor_max_new_tokens)  # fmt: skip
+        _check("anchor_top_k", self.anchor_top_k >= 0, ">= 0", self.anchor_top_k)
+        _check("anchor_top_p", 0 < self.anchor_top_p <= 1, "in (0, 1]", self.anchor_top_p)
+        _check("anchor_temperature", self.anchor_temperature > 0, "> 0", self.anchor_temperature)
+        _check("anchor_refresh_steps", self.anchor_refresh_steps >= 1, ">= 1",
+               self.anchor_refresh_steps)  # fmt: skip
+        _check("max_length", self.max_length >= 2, ">= 2", self.max_length)
+        if self.loss == "tdpo" and self.precompute_ref:
+            raise ConfigError("precompute_ref: loss 'tdpo' needs full reference logits (no cache)")
+
+    @property
+    def uses_triplet(self) -> bool:
+        """Whether the triplet term (Eq. 13-14) is part of the objective."""
+        return self.loss == "tidpo" and self.gamma > 0 and self.anchor_source != "none"
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether the objective needs reference log-probabilities (SimPO does not)."""
+        return self.loss != "simpo"
+
+    @property
+    def needs_attribution(self) -> bool:
+        """Whether the step computes gradient attribution (Eq. 5-6)."""
+        return self.loss == "tidpo" and self.weighting in ("hybrid", "attribution", "softmax_prior")
+
+    def tidpo_dict(self) -> dict[str, Any]:
+        """The TI-DPO fields only (for config.yaml and reports)."""
+        own = {f.name for f in fields(TIDPOConfig)} - {f.name for f in fields(TrainingArguments)}
+        return {name: getattr(self, name) for name in sorted(own)}
