@@ -86,16 +86,18 @@ def test_resolve_folder_without_config(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "content",
+    ("content", "from_parser"),
     [
-        pytest.param(b"", id="empty"),
-        pytest.param(os.urandom(4096), id="random"),
-        pytest.param(b"GGUF" + os.urandom(60), id="bad-version"),
-        pytest.param(_gguf_head(300), id="truncated-header"),
-        pytest.param(_corrupted_gguf_head(), id="absurd-length"),
+        pytest.param(b"", False, id="empty"),
+        pytest.param(bytes(range(256)) * 16, False, id="random"),
+        pytest.param(b"GGUF" + b"\x07\x00\x00\x00" + os.urandom(60), False, id="bad-version"),
+        pytest.param(_gguf_head(300), True, id="truncated-header"),
+        pytest.param(_corrupted_gguf_head(), True, id="absurd-length"),
     ],
 )
-def test_resolve_corrupt_gguf(content: bytes, tmp_path: Path, tidpo_cache: Path) -> None:
+def test_resolve_corrupt_gguf(
+    content: bytes, from_parser: bool, tmp_path: Path, tidpo_cache: Path
+) -> None:
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(content)
     with pytest.raises(ModelLoadError) as info:
@@ -103,7 +105,9 @@ def test_resolve_corrupt_gguf(content: bytes, tmp_path: Path, tidpo_cache: Path)
     message = str(info.value)
     assert str(bad) in message
     assert "\n" not in message
-    assert isinstance(info.value.__cause__, Exception)
+    if from_parser:  # the parser's own exception is chained, not swallowed
+        assert isinstance(info.value.__cause__, Exception)
+        assert not isinstance(info.value.__cause__, TidpoError)
     # Nothing half-written is left in the cache.
     leftovers = (
         list((tidpo_cache / "models").iterdir()) if (tidpo_cache / "models").exists() else []
