@@ -86,7 +86,11 @@ def train(
                 raise TidpoError(f"--set {item!r}: expected FIELD=VALUE")
             import yaml
 
-            values[key.strip()] = yaml.safe_load(raw)
+            parsed = yaml.safe_load(raw)
+            # YAML 1.1 reads "no"/"yes"/"on"/"off" as booleans; keep those words as text.
+            if isinstance(parsed, bool) and raw.strip().lower() not in ("true", "false"):
+                parsed = raw.strip()
+            values[key.strip()] = parsed
         flags = {"loss": loss, "weighting": weighting, "preset": preset, "max_steps": max_steps}
         values.update({k: v for k, v in flags.items() if v is not None})
         opts = RunOptions(

@@ -98,7 +98,12 @@ def build_config(opts: RunOptions, output_dir: Path) -> TIDPOConfig:
     unknown = set(values) - _config_fields()
     if unknown:
         raise RunError(f"unknown config key {sorted(unknown)[0]!r}")
-    return TIDPOConfig(**values)
+    try:
+        return TIDPOConfig(**values)
+    except TidpoError:
+        raise
+    except (ValueError, TypeError) as err:  # TrainingArguments' own checks
+        raise RunError(f"config: {str(err).splitlines()[0]}") from err
 
 
 def _output_dir(opts: RunOptions) -> Path:
