@@ -27,6 +27,7 @@ from tidpo.anchors import AnchorSampler
 from tidpo.collate import PreferenceCollator
 from tidpo.config import TIDPOConfig
 from tidpo.data import DataError, tokenize_dataset
+from tidpo.errors import TidpoError
 from tidpo.objective import StepTensors, step_loss
 from tidpo.reference import ReferenceCache, forward_logps, frozen_copy
 
@@ -88,6 +89,44 @@ class MetricsFileCallback(TrainerCallback):
             fh.write(json.dumps(record) + "\n")
 
 
+class NonFiniteLossError(TidpoError):
+    """Too many consecutive non-finite losses: the run stops (its last checkpoint is intact)."""
+
+
+class _NonFiniteGuard(TrainerCallback):
+    """Skips the optimiser step after a non-finite loss and stops after ``limit`` in a row.
+
+    Skipping works by dropping every gradient (``grad = None``): torch optimisers leave such
+    parameters untouched, so the weights and the optimiser state stay as they were.
+    """
+
+    def __init__(self, trainer: TIDPOTrainer, limit: int = 10) -> None:
+        self.trainer = trainer
+        self.limit = limit
+        self.bad_in_step = False
+        self.in_a_row = 0
+        self.skipped = 0
+
+    def on_pre_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        if not self.bad_in_step:
+            self.in_a_row = 0
+            return
+        self.bad_in_step = False
+        self.in_a_row += 1
+        self.skipped += 1
+        model: Any = self.trainer.model
+        model.zero_grad(set_to_none=True)
+        if self.in_a_row >= self.limit:
+            ckpts = sorted(Path(str(args.output_dir)).glob("checkpoint-*"))
+            last = f"last checkpoint {ckpts[-1]}" if ckpts else "no checkpoint was saved yet"
+            raise NonFiniteLossError(
+                f"{self.in_a_row} non-finite losses in a row at step {state.global_step + 1}; "
+                f"stopping ({last}). Lower the learning rate or check the data."
+            )
+
+
 class TIDPOTrainer(Trainer):
     """Trainer for TI-DPO and the baseline preference objectives (``TIDPOConfig.loss``).
 
@@ -131,6 +170,8 @@ class TIDPOTrainer(Trainer):
             callbacks=[MetricsFileCallback(), *(callbacks or [])],
         )
         self.loss_is_scaled_for_ga = False  # compute_loss returns a batch mean
+        self.guard = _NonFiniteGuard(self)
+        self.add_callback(self.guard)
         self._metrics: dict[str, dict[str, list[float]]] = {
             "train": defaultdict(list),
             "eval": defaultdict(list),
@@ -265,6 +306,13 @@ class TIDPOTrainer(Trainer):
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.state.global_step)
         tensors = StepTensors(policy_lp, ref_lp, span, response, scores, seq_kl)
         loss, metrics = step_loss(cfg, tensors, b, gen)
+        if mode == "train" and not torch.isfinite(loss):
+            # No update from this batch: a zero loss that still reaches every trainable
+            # parameter (so DDP's reducer is satisfied), then the guard drops the gradients.
+            self.guard.bad_in_step = True
+            metrics = {}
+            loss = sum((p.reshape(-1)[0] for p in model.parameters() if p.requires_grad),
+                       torch.zeros((), device=logits.device)) * 0.0  # fmt: skip
         for key, value in metrics.items():
             self._metrics[mode][key].append(value)
         return (loss, {"logits": logits}) if return_outputs else loss
@@ -292,4 +340,6 @@ class TIDPOTrainer(Trainer):
             if values:
                 logs[f"{prefix}{key}"] = sum(values) / len(values)
         self._metrics[mode].clear()
+        if mode == "train":
+            logs["train/skipped_steps"] = float(self.guard.skipped)
         super().log(logs, start_time)

@@ -1,0 +1,1 @@
+"""Command implementations registered by `tidpo.cli` (one module per command)."""
