@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tidpo import __version__
 from tidpo.errors import TidpoError
@@ -28,7 +29,8 @@ def fail(err: Exception, debug: bool) -> None:
     """Report a user-facing error as one line and exit 2 (the traceback only with --debug)."""
     if debug:
         raise err
-    err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    # escape: a path or value such as "runs/[x]" is text, not rich markup
+    err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -40,6 +42,7 @@ def version() -> None:
 
 @app.command()
 def train(
+    ctx: typer.Context,
     config: Annotated[Path | None, typer.Option(help="YAML file of TIDPOConfig fields.")] = None,
     model: Annotated[
         str | None, typer.Option(help="Local transformers folder, a .gguf file, or 'default'.")
@@ -64,16 +67,24 @@ def train(
     name: Annotated[str | None, typer.Option(help="Run name under runs/.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Reuse an output folder holding a run.")] = False,
+    report: Annotated[
+        bool, typer.Option(help="Explain, evaluate and write report.html after training.")
+    ] = True,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Any TIDPOConfig field: --set beta=0.2")
     ] = None,
     trust_remote_code: Annotated[
         bool, typer.Option(help="Allow model code from the folder.")
     ] = False,
+    num_processes: Annotated[
+        int | None,
+        typer.Option(help="Data-parallel processes: re-launches itself via accelerate launch."),
+    ] = None,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Train a model with TI-DPO (defaults: SmolLM2-135M-Instruct on the bundled data)."""
-    from tidpo.run import RunOptions, load_yaml_config, run_training
+    from tidpo.launch import in_launched_process, rebuild_argv, relaunch
+    from tidpo.run import RunOptions, check_value, load_yaml_config, run_training
 
     logging.basicConfig(level=logging.WARNING)
     try:
@@ -90,6 +101,10 @@ def train(
             # YAML 1.1 reads "no"/"yes"/"on"/"off" as booleans; keep those words as text.
             if isinstance(parsed, bool) and raw.strip().lower() not in ("true", "false"):
                 parsed = raw.strip()
+            try:
+                check_value(key.strip(), parsed)
+            except TidpoError as err:
+                raise TidpoError(f"--set {item}: {err}") from None
             values[key.strip()] = parsed
         flags = {"loss": loss, "weighting": weighting, "preset": preset, "max_steps": max_steps}
         values.update({k: v for k, v in flags.items() if v is not None})
@@ -102,12 +117,28 @@ def train(
             lora_r=int(run_values.get("lora_r", 16)),
             resume=resume,
             overwrite=overwrite,
+            report=report,
             trust_remote_code=trust_remote_code,
             config=values,
         )
-        run_training(opts, console)
+        if num_processes is not None and num_processes < 1:
+            raise TidpoError(f"--num-processes: must be >= 1; got {num_processes}")
+        if num_processes and num_processes > 1 and not in_launched_process():
+            relaunch(opts, num_processes, rebuild_argv(ctx, {"num_processes"}))
+        else:
+            run_training(opts, console)
     except TidpoError as err:
         fail(err, debug)
+
+
+def _register() -> None:
+    """The other commands live in `tidpo.commands` (one module each)."""
+    from tidpo.commands.explain_cmd import explain_command
+
+    app.command("explain")(explain_command)
+
+
+_register()
 
 
 def main() -> None:

@@ -201,6 +201,7 @@ def _panel(
         "tokens": tokens,
         "words": words,
         "max_word_weight": max((w["weight"] for w in words), default=0.0),
+        "hidden_weight": _g(sum(scores["hybrid"][i] for i, h in enumerate(hidden) if h)),
         "top_k": top_words(words, top_k),
     }
 
@@ -293,7 +294,9 @@ def explain_pair(
     Returns:
         ``{"prompt", "settings", "panels": [...]}``; each panel holds ``tokens`` (id, text, raw
         attribution, prior, hybrid, shown, word), ``words`` (text, token positions, summed
-        weight/attribution/prior, ``scaled`` in [0, 1]), ``max_word_weight`` and ``top_k``.
+        weight/attribution/prior, ``scaled`` in [0, 1]), ``max_word_weight``, ``hidden_weight``
+        (hybrid weight of the special tokens left out of the display, e.g. ``<|im_end|>``) and
+        ``top_k``.
     """
     from tidpo.anchors import anchor_rows
     from tidpo.data import DataError, tokenize_row
@@ -314,9 +317,7 @@ def explain_pair(
     responses = [ids[f"{k}_ids"] for k in keys]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = _model_device(model)
-    input_ids, attention, span = anchor_rows(
-        [prompt_ids] * len(keys), responses, int(pad), device
-    )
+    input_ids, attention, span = anchor_rows([prompt_ids] * len(keys), responses, int(pad), device)
     raw = gradient_attribution(model, input_ids, attention)
     prior = gaussian_prior(span, sigma_div)
     hybrid = hybrid_weights(raw, span, lam=lam, sigma_div=sigma_div, scale="sum")

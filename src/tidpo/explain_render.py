@@ -10,6 +10,7 @@ another page (the training report) embed the panels.
 from __future__ import annotations
 
 import html
+import itertools
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -62,6 +63,7 @@ EXPLAIN_CSS = """
 .tx-legend .grad { height: 14px; border: 1px solid #bbb; border-radius: 3px; }
 .tx-legend .ticks { display: flex; justify-content: space-between; font-size: 12px; }
 .tx-empty { color: #888; font-style: italic; }
+.tx-foot { color: #666; font-size: 12px; margin-top: 8px; }
 """
 """The page's CSS (class names prefixed ``tx-``, plus ``panel``)."""
 
@@ -73,7 +75,7 @@ def _hex(c: str) -> tuple[int, int, int]:
 def colour(value: float) -> str:
     """Background colour (``#rrggbb``) of a scaled weight; values are clipped to [0, 1]."""
     v = min(max(float(value), 0.0), 1.0) if value == value else 0.0
-    for (x0, c0), (x1, c1) in zip(COLOUR_STOPS, COLOUR_STOPS[1:], strict=False):
+    for (x0, c0), (x1, c1) in itertools.pairwise(COLOUR_STOPS):
         if v <= x1:
             t = 0.0 if x1 == x0 else (v - x0) / (x1 - x0)
             rgb = [round(a + (b - a) * t) for a, b in zip(_hex(c0), _hex(c1), strict=True)]
@@ -104,10 +106,19 @@ def _split_space(text: str) -> tuple[str, str, str]:
 
 def _note(panel: Mapping[str, Any]) -> str:
     if panel["key"] == "anchor":
-        source = panel.get("source", "")
-        origin = "sampled from the model" if source == "generated" else "given text"
+        origin = "sampled from the model" if panel.get("source") == "generated" else "given text"
         return f"intermediate response, {origin}"
     return "chosen response" if panel["key"] == "chosen" else "rejected response"
+
+
+def _hidden_note(panel: Mapping[str, Any]) -> str:
+    hidden = float(panel.get("hidden_weight") or 0.0)
+    if not hidden > 0:
+        return ""
+    return (
+        f'<div class="tx-foot">End-of-turn token (not shown): {hidden:.0%} of this response\'s '
+        "hybrid weight.</div>"
+    )
 
 
 def panel_html(panel: Mapping[str, Any], top_k: int | None = None) -> str:
@@ -128,7 +139,7 @@ def panel_html(panel: Mapping[str, Any], top_k: int | None = None) -> str:
     for item in panel["top_k"][: top_k if top_k is not None else len(panel["top_k"])]:
         width = max(item["scaled"] * 100.0, 1.0)
         rows.append(
-            f'<tr><td>{html.escape(item["word"])}</td>'
+            f"<tr><td>{html.escape(item['word'])}</td>"
             f'<td class="num">{item["scaled"]:.2f}</td>'
             f'<td class="num">{item["weight"]:.4f}</td>'
             f'<td class="bar"><div class="bar-fill" style="width:{width:.1f}%;'
@@ -143,7 +154,7 @@ def panel_html(panel: Mapping[str, Any], top_k: int | None = None) -> str:
         f'<section class="panel" data-key="{html.escape(panel["key"])}">'
         f"<h2>{html.escape(panel['title'])}</h2>"
         f'<div class="tx-note">{html.escape(_note(panel))}</div>'
-        f'<div class="tx-text">{text}</div>{table}</section>'
+        f'<div class="tx-text">{text}</div>{table}{_hidden_note(panel)}</section>'
     )
 
 
@@ -233,8 +244,13 @@ def _wrap(words: Sequence[Mapping[str, Any]], width: int) -> list[list[tuple[int
     return lines
 
 
+def _short(text: str, limit: int) -> str:
+    one = " ".join(text.split())
+    return one if len(one) <= limit else one[: limit - 1] + "…"
+
+
 def render_png(result: Mapping[str, Any], path: str | Path, width_chars: int = 44) -> Path:
-    """The panels as coloured word boxes (top) and bar charts of their top words (bottom)."""
+    """The prompt, then per panel: coloured word boxes (top) and a bar chart of its top words."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -245,53 +261,67 @@ def render_png(result: Mapping[str, Any], path: str | Path, width_chars: int = 4
     panels = result["panels"]
     max_lines = 22
     layouts = [_wrap(p["words"], width_chars) for p in panels]
-    n_lines = min(max(len(lay) for lay in layouts), max_lines)
+    n_lines = max(min(max(len(lay) for lay in layouts), max_lines), 1)
     k = max((len(p["top_k"]) for p in panels), default=1) or 1
     font = 9.0
-    char_in = 0.6 * font / 72.0
-    line_in = 1.75 * font / 72.0
-    panel_w = width_chars * char_in + 0.5
-    text_h = n_lines * line_in + 0.6
-    bars_h = 0.24 * k + 0.7
-    fig = plt.figure(figsize=(panel_w * len(panels) + 0.4, text_h + bars_h + 0.9), dpi=150)
-    grid = fig.add_gridspec(2, len(panels), height_ratios=[text_h, bars_h], hspace=0.18,
-                            wspace=0.12, left=0.02, right=0.98, top=1 - 0.45 / fig.get_figheight(),
-                            bottom=0.35 / fig.get_figheight())  # fmt: skip
+    char_in, line_in = 0.6 * font / 72.0, 1.75 * font / 72.0
+    panel_w, gap, margin = width_chars * char_in + 0.3, 0.35, 0.25
+    head, text_h, mid, bars_h, foot = 0.75, n_lines * line_in + 0.5, 0.45, 0.26 * k + 0.1, 1.05
+    fig_w = margin * 2 + panel_w * len(panels) + gap * (len(panels) - 1)
+    fig_h = head + text_h + mid + bars_h + foot
+    fig = plt.figure(figsize=(fig_w, fig_h), dpi=150)
+
+    def rect(x: float, y_top: float, w: float, h: float) -> tuple[float, float, float, float]:
+        return (x / fig_w, 1 - (y_top + h) / fig_h, w / fig_w, h / fig_h)
+
     cmap = LinearSegmentedColormap.from_list("tidpo", [(x, c) for x, c in COLOUR_STOPS])
+    prompt = _short(str(result["prompt"]), int(fig_w * 13))
+    fig.text(margin / fig_w, 1 - 0.3 / fig_h, f"Prompt: {prompt}", fontsize=10, va="center")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # missing glyphs (emoji) are drawn as boxes
         for col, (panel, layout) in enumerate(zip(panels, layouts, strict=True)):
-            ax = fig.add_subplot(grid[0, col])
-            ax.set_xlim(-0.5, width_chars + 0.5)
-            ax.set_ylim(n_lines + 0.2, -0.6)
+            x0 = margin + col * (panel_w + gap)
+            ax = fig.add_axes(rect(x0, head, panel_w, text_h))
+            ax.set_xlim(-0.5, panel_w / char_in - 0.5)  # one x unit = one character
+            ax.set_ylim(n_lines - 0.2, -0.8)
             ax.set_xticks([])
             ax.set_yticks([])
             for side in ax.spines.values():
                 side.set_color("#cccccc")
             ax.set_title(panel["title"], fontsize=12, fontweight="bold", loc="left")
             for row, line in enumerate(layout[:max_lines]):
-                last = row == max_lines - 1 and len(layout) > max_lines
                 for x, text, scaled in line:
                     ax.add_patch(Rectangle((x - 0.1, row - 0.42), len(text) + 0.2, 0.84,
                                            facecolor=colour(scaled), edgecolor="none"))  # fmt: skip
                     ax.text(x, row, text, family="monospace", fontsize=font, va="center",
                             ha="left", color="#111111")  # fmt: skip
-                if last:
-                    ax.text(width_chars, row, "…", fontsize=font, va="center", ha="right")
-            bx = fig.add_subplot(grid[1, col])
+            if len(layout) > max_lines:
+                ax.text(width_chars, max_lines - 1, "…", fontsize=font, va="center", ha="right")
+            bx = fig.add_axes(rect(x0, head + text_h + mid, panel_w, bars_h))
             top = panel["top_k"]
-            labels = [t["word"][:24] for t in top]
-            values = [t["scaled"] for t in top]
-            bx.barh(range(len(top)), values, color=[cmap(v) for v in values],
+            values = [float(t["scaled"]) for t in top]
+            bx.barh(range(len(top)), values, color=[cmap(v) for v in values], height=0.8,
                     edgecolor="#b0673f", linewidth=0.5)  # fmt: skip
-            bx.set_yticks(range(len(top)), labels, fontsize=8)
+            for i, (item, v) in enumerate(zip(top, values, strict=True)):
+                bx.text(0.01, i, _short(str(item["word"]), 28), va="center", ha="left",
+                        fontsize=8, color="#111111")  # fmt: skip
+                bx.text(1.12, i, f"{v:.2f}", va="center", ha="right", fontsize=7)
+            bx.set_yticks([])
             bx.set_ylim(k - 0.5, -0.5)
-            bx.set_xlim(0, 1.05)
+            bx.set_xlim(0, 1.12)
+            bx.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
             bx.tick_params(axis="x", labelsize=7)
-            bx.set_xlabel("scaled word weight", fontsize=8)
-            bx.set_title("Top words", fontsize=9, loc="left")
-            for side in ("top", "right"):
-                bx.spines[side].set_visible(False)
+            bx.set_title("Top words (scaled weight)", fontsize=9, loc="left")
+            for name in ("top", "right"):
+                bx.spines[name].set_visible(False)
+        cx = fig.add_axes(rect(margin, fig_h - foot + 0.4, min(4.0, fig_w - 2 * margin), 0.14))
+        cx.imshow([[i / 255 for i in range(256)]], aspect="auto", cmap=cmap, extent=(0, 1, 0, 1))
+        cx.set_yticks([])
+        cx.tick_params(axis="x", labelsize=7)
+        cx.set_xlabel(
+            "word weight / largest word weight of its response (same scale in every panel)",
+            fontsize=7,
+        )
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, facecolor="white")

@@ -108,7 +108,9 @@ def explain_command(
     model: Annotated[
         str | None, typer.Option(help="Local transformers folder, a .gguf file, or 'default'.")
     ] = None,
-    prompt: Annotated[str | None, typer.Option(help="The prompt (with --chosen/--rejected).")] = None,
+    prompt: Annotated[
+        str | None, typer.Option(help="The prompt (with --chosen/--rejected).")
+    ] = None,
     chosen: Annotated[str | None, typer.Option(help="The preferred response.")] = None,
     rejected: Annotated[str | None, typer.Option(help="The non-preferred response.")] = None,
     dataset: Annotated[
