@@ -21,7 +21,8 @@ FAST = ["--set", "max_length=64", "--set", "anchor_max_new_tokens=4", "--set", "
 
 
 def _train(*args: str) -> tuple[int, str]:
-    result = runner.invoke(app, ["train", *args])
+    extra = [] if "--report" in args else ["--no-report"]
+    result = runner.invoke(app, ["train", *args, *extra])
     return result.exit_code, result.output
 
 
