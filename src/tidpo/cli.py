@@ -133,9 +133,11 @@ def train(
 
 def _register() -> None:
     """The other commands live in `tidpo.commands` (one module each)."""
+    from tidpo.commands.eval_cmd import eval_command
     from tidpo.commands.explain_cmd import explain_command
 
     app.command("explain")(explain_command)
+    app.command("eval")(eval_command)
 
 
 _register()

@@ -1,4 +1,8 @@
-"""Diversity of generated text, as in the paper's Table B9: Self-BLEU, distinct-n, token entropy.
+"""A model's answers and their diversity as in the paper's Table B9: Self-BLEU, distinct-n, entropy.
+
+:func:`generate_responses` answers prompts (chat template with the generation prompt; batched,
+left-padded ``generate`` with the KV cache; greedy, or sampled with temperature 0.7 and top-p 0.9
+and no top-k) and records the entropy of each generated token's distribution. The metrics:
 
 * **Tokens.** Self-BLEU and distinct-n work on word tokens: :func:`word_tokens` splits a text into
   runs of word characters and single punctuation marks (``"Hi, you!"`` -> ``Hi`` ``,`` ``you``
@@ -9,8 +13,8 @@
   penalty ``BP = 1`` if ``c > r`` else ``exp(1 - r / c)``, with ``c`` the hypothesis length and
   ``r`` the reference length closest to ``c`` (the shorter one on a tie). Smoothing: add one to the
   numerator and the denominator of ``p_n`` for ``n > 1`` (Lin and Och, 2004, "BLEU+1"); ``p_1`` is
-  not smoothed, so a hypothesis sharing no token with any reference scores 0. An empty hypothesis
-  scores 0.
+  not smoothed, so a hypothesis sharing no token with any reference scores 0 (and one shorter than
+  n words has a smoothed ``p_n`` of 1/1). An empty hypothesis scores 0.
 * **Self-BLEU** (Zhu et al., 2018): the mean over generations of the BLEU of each generation
   against all the others as references, in percent. Higher means less diverse; 100 when all
   generations are identical.
@@ -24,23 +28,46 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from tidpo.errors import TidpoError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = [
+    "SAMPLING_TEMPERATURE",
+    "SAMPLING_TOP_P",
+    "GenerationError",
+    "GenerationResult",
+    "ProgressFn",
     "distinct_n",
     "entropy_from_logits",
+    "eos_token_ids",
+    "eval_mode",
+    "generate_responses",
     "masked_mean_entropy",
     "ngram_counts",
+    "pad_token_id",
     "self_bleu",
     "sentence_bleu",
     "word_tokens",
 ]
+
+SAMPLING_TEMPERATURE = 0.7
+SAMPLING_TOP_P = 0.9
+
+ProgressFn = Callable[[str, int, int], None]
+"""Called after each batch as ``progress(phase, done, total)``."""
 
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 
@@ -168,3 +195,147 @@ def masked_mean_entropy(step_logits: Sequence[Tensor], valid: Tensor) -> tuple[f
             f"valid {tuple(mask.shape)} does not match the logits' [B, T] {tuple(entropies.shape)}"
         )
     return float(entropies[mask].sum()), int(mask.sum())
+
+
+class GenerationError(TidpoError):
+    """Prompts cannot be turned into model input (no chat template, no pad or eos token)."""
+
+
+@contextlib.contextmanager
+def eval_mode(*models: nn.Module | None) -> Iterator[None]:
+    """Put the models in eval mode (no dropout), restoring their training flags afterwards."""
+    states = [(m, m.training) for m in models if m is not None]
+    for m, _ in states:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, flag in states:
+            m.train(flag)
+
+
+@dataclass
+class GenerationResult:
+    """Answers of one model: texts, generated token ids and the summed next-token entropy."""
+
+    texts: list[str] = field(default_factory=list)
+    token_ids: list[list[int]] = field(default_factory=list)
+    """Generated ids of each answer, up to and including its end-of-sequence token."""
+    entropy_sum: float = 0.0
+    entropy_count: int = 0
+
+    @property
+    def n_tokens(self) -> list[int]:
+        """Number of generated tokens of each answer (its end-of-sequence token included)."""
+        return [len(t) for t in self.token_ids]
+
+    @property
+    def mean_entropy(self) -> float | None:
+        """Mean entropy (nats) over every generated token, None when nothing was generated."""
+        return self.entropy_sum / self.entropy_count if self.entropy_count else None
+
+
+def _prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]]
+) -> list[int]:
+    """Prompt tokens: the chat template with the generation prompt, or the plain text."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(tokenizer(str(text), add_special_tokens=False)["input_ids"])
+    if not isinstance(prompt, str):
+        raise GenerationError("the tokenizer has no chat template; message-list prompts need one")
+    return list(tokenizer(prompt)["input_ids"])
+
+
+def eos_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """End-of-sequence ids of the tokenizer and of the model's generation config."""
+    ids: list[int] = []
+    gen_config = getattr(model, "generation_config", None)
+    for value in (tokenizer.eos_token_id, getattr(gen_config, "eos_token_id", None)):
+        for v in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(v, int) and v not in ids:
+                ids.append(v)
+    return ids
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase, eos: Sequence[int]) -> int:
+    """The tokenizer's pad id, else the first eos id."""
+    pad = tokenizer.pad_token_id
+    if isinstance(pad, int):
+        return pad
+    if not eos:
+        raise GenerationError("the tokenizer has neither a pad nor an eos token")
+    return eos[0]
+
+
+def _left_pad(rows: Sequence[list[int]], pad: int) -> tuple[Tensor, Tensor]:
+    """Rows left-padded to the longest (batched generation): ``(input_ids, attention_mask)``."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def generate_responses(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str | list[dict[str, str]]],
+    *,
+    max_new_tokens: int = 64,
+    sampling: bool = False,
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: ProgressFn | None = None,
+    phase: str = "generate",
+) -> GenerationResult:
+    """Answer every prompt: batched, left-padded ``generate`` with the KV cache.
+
+    Greedy by default; with ``sampling`` temperature :data:`SAMPLING_TEMPERATURE`, top-p
+    :data:`SAMPLING_TOP_P` and no top-k. The entropy is that of ``softmax(raw logits)`` at each
+    generated token (up to and including the end-of-sequence token). Sampling is seeded with
+    ``torch.manual_seed(seed)`` inside :func:`torch.random.fork_rng`, so the caller's random state
+    is untouched and the same seed and batch size reproduce the answers.
+    """
+    eos = eos_token_ids(model, tokenizer)
+    pad = pad_token_id(tokenizer, eos)
+    device = next(model.parameters()).device
+    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=sampling)
+    if sampling:
+        kwargs.update(temperature=SAMPLING_TEMPERATURE, top_p=SAMPLING_TOP_P, top_k=0)
+    kwargs.update(pad_token_id=pad, eos_token_id=eos or None, use_cache=True)
+    gen: Any = model
+    result = GenerationResult()
+    rng_devices = [device] if device.type == "cuda" else []
+    with eval_mode(model), torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(seed)
+        for start in range(0, len(prompts), batch_size):
+            chunk = [_prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
+            ids, mask = _left_pad(chunk, pad)
+            ids, mask = ids.to(device), mask.to(device)
+            out = gen.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                output_logits=True,
+                return_dict_in_generate=True,
+                **kwargs,
+            )
+            new = out.sequences[:, ids.shape[1] :].cpu()
+            valid = torch.zeros(new.shape, dtype=torch.bool)
+            for i, tokens in enumerate(new.tolist()):
+                length = next((k + 1 for k, t in enumerate(tokens) if t in eos), len(tokens))
+                valid[i, :length] = True
+                text_tokens = tokens[: length - 1] if tokens[length - 1] in eos else tokens
+                text = tokenizer.decode(text_tokens, skip_special_tokens=True)
+                result.texts.append(str(text).strip())
+                result.token_ids.append(tokens[:length])
+            total, count = masked_mean_entropy(list(out.logits), valid)
+            result.entropy_sum += total
+            result.entropy_count += count
+            if progress is not None:
+                progress(phase, min(start + batch_size, len(prompts)), len(prompts))
+    return result
