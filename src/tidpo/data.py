@@ -499,8 +499,9 @@ def tokenize_dataset(
         else:
             rows.append({**row, **ids})
     if not rows:
+        rows_word = "row" if dropped == 1 else "rows"
         raise DataError(
-            f"dataset is empty after filtering ({dropped} rows dropped: "
+            f"dataset is empty after filtering ({dropped} {rows_word} dropped: "
             "prompt longer than max_length?)"
         )
     if dropped:

@@ -1,0 +1,117 @@
+"""Training script launched by tests/test_ddp.py, as one process or under `accelerate launch`.
+
+Trains a `TIDPOTrainer` for each requested configuration (one after another, in the same
+processes, so a launch pays the start-up cost once) and writes, per configuration and rank,
+``<out>/<tag>.rank<R>.json`` holding the logged losses, what this rank saw (dataset indices,
+sampled anchor rows) and a checksum of the final weights; rank 0 also writes the final weights
+to ``<out>/<tag>.safetensors``.
+
+Usage: ddp_worker.py MODEL_DIR DATA.jsonl OUT_DIR BATCH TAG:FIELD=VALUE,FIELD=VALUE [TAG:... ...]
+(for instance ``tidpo:loss=tidpo,anchor_source=column``; values are read as JSON when they parse;
+``nan_on_rank0_at_call=K`` makes rank 0's K-th loss non-finite).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import tidpo.trainer as trainer_module
+from tidpo.config import TIDPOConfig
+from tidpo.data import load_preferences
+from tidpo.trainer import TIDPOTrainer
+
+
+def _value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _run(model_dir: str, data: str, out: Path, batch: int, tag: str, spec: str) -> None:
+    overrides = {k: _value(v) for k, _, v in (kv.partition("=") for kv in spec.split(","))}
+    values: dict[str, Any] = dict(
+        output_dir=str(out / tag),
+        use_cpu=True,
+        max_steps=3,
+        per_device_train_batch_size=batch,
+        logging_steps=1,
+        save_strategy="no",
+        learning_rate=1e-3,
+        max_length=64,
+        anchor_max_new_tokens=4,
+        seed=0,
+        report_to="none",
+        disable_tqdm=True,
+        bf16=False,
+    )
+    nan_at = int(overrides.pop("nan_on_rank0_at_call", 0))  # fault injection, not a config field
+    values.update(overrides)
+    cfg = TIDPOConfig(**values)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    trainer = TIDPOTrainer(
+        model=model, args=cfg, train_dataset=load_preferences(data), processing_class=tok
+    )
+    seen: list[int] = []
+    real_compute_loss = trainer.compute_loss
+
+    def compute_loss(model: Any, inputs: dict[str, Any], *args: Any, **kw: Any) -> Any:
+        seen.extend(int(i) for i in inputs["idx"].tolist())
+        return real_compute_loss(model, inputs, *args, **kw)
+
+    trainer.compute_loss = compute_loss  # type: ignore[method-assign]
+    real_step_loss = trainer_module.step_loss
+    calls = [0]
+
+    def step_loss(*args: Any, **kw: Any) -> Any:
+        loss, metrics = real_step_loss(*args, **kw)
+        calls[0] += 1
+        if calls[0] == nan_at and trainer.accelerator.process_index == 0:
+            loss = loss * float("nan")
+        return loss, metrics
+
+    trainer_module.step_loss = step_loss  # type: ignore[assignment]
+    try:
+        trainer.train()
+    finally:
+        trainer_module.step_loss = real_step_loss  # type: ignore[assignment]
+    acc = trainer.accelerator
+    weights = {k: v.detach().contiguous().clone() for k, v in trainer.model.state_dict().items()}
+    record = {
+        "rank": acc.process_index,
+        "world_size": acc.num_processes,
+        "distributed_type": str(acc.distributed_type),
+        "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+        "rows": seen,
+        "anchor_rows_sampled": (
+            trainer.anchor_sampler.generated_rows if trainer.anchor_sampler is not None else 0
+        ),
+        "weight_sum": float(sum(float(v.double().sum()) for v in weights.values())),
+    }
+    (out / f"{tag}.rank{acc.process_index}.json").write_text(json.dumps(record))
+    if acc.is_main_process:
+        save_file(weights, str(out / f"{tag}.safetensors"))
+    acc.wait_for_everyone()
+
+
+def main() -> None:
+    model_dir, data, out_dir, batch, *specs = sys.argv[1:]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for item in specs:
+        tag, _, spec = item.partition(":")
+        _run(model_dir, data, out, int(batch), tag, spec)
+
+
+if __name__ == "__main__":
+    main()
