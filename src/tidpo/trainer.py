@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from tidpo.config import TIDPOConfig
 from tidpo.data import DataError, tokenize_dataset
 from tidpo.errors import TidpoError
 from tidpo.objective import StepTensors, step_loss
-from tidpo.reference import ReferenceCache, forward_logps, frozen_copy
+from tidpo.reference import ReferenceCache, forward_logps, frozen_copy, output_head
 
 __all__ = ["MetricsFileCallback", "TIDPOTrainer", "prepare_dataset"]
 
@@ -56,17 +57,21 @@ def _disable_dropout(model: nn.Module) -> None:
             module.p = 0.0
 
 
-def _cat_rows(parts: list[tuple[Tensor, Tensor, Tensor]], pad: int) -> tuple[Tensor, ...]:
-    """Stack right-padded row groups ``(ids, attention, response)`` padded to a common width."""
-    width = max(p[0].shape[1] for p in parts)
-    out = []
-    for k, fill in enumerate((pad, 0, 0)):
-        out.append(
-            torch.cat(
-                [nn.functional.pad(p[k], (0, width - p[k].shape[1]), value=fill) for p in parts]
-            )
-        )
-    return tuple(out)
+@dataclass
+class _Forward:
+    """A policy forward: input embeddings, and either the final hidden states with the logits of
+    each row's last position (``head`` set) or the full ``[N, L, V]`` logits (``head`` None)."""
+
+    embeds: Tensor
+    hidden: Tensor | None
+    logits: Tensor
+    head: nn.Linear | None
+
+
+def _stack(top: Tensor, bottom: Tensor) -> Tensor:
+    """Rows of two ``[n, w]`` tensors, right-padded with zeros to a common width."""
+    width = max(top.shape[1], bottom.shape[1])
+    return torch.cat([nn.functional.pad(x, (0, width - x.shape[1])) for x in (top, bottom)])
 
 
 class MetricsFileCallback(TrainerCallback):
@@ -177,6 +182,8 @@ class TIDPOTrainer(Trainer):
             "eval": defaultdict(list),
         }
         self.is_peft = hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+        self._fused: bool | None = None  # log-probs from hidden states (None: not checked yet)
+        self._fused_checked = False
         self.ref_model: nn.Module | None = None
         self.ref_cache: ReferenceCache | None = None
         if args.uses_reference:
@@ -200,7 +207,9 @@ class TIDPOTrainer(Trainer):
         args = self.args
         policy: nn.Module = self.model  # type: ignore[assignment]
         if ref_model is None and not self.is_peft:
-            ref_model = frozen_copy(policy)
+            # Its forwards all run under autocast_context: store the linears cast once.
+            lowp = {"bf16": torch.bfloat16, "fp16": torch.float16}
+            ref_model = frozen_copy(policy, lowp.get(str(self.accelerator.mixed_precision)))
         if ref_model is not None:
             ref_model.eval()
             for p in ref_model.parameters():
@@ -229,33 +238,73 @@ class TIDPOTrainer(Trainer):
         with self.autocast_context():
             cache = ReferenceCache.build(
                 source.to(self.args.device), iter(loader), len(ds),
-                disable_adapter=ref_model is None,
+                disable_adapter=ref_model is None, fused=True,
             )  # fmt: skip
         cache.save(path)
         return cache
 
     def autocast_context(self) -> Any:
-        """The Trainer's mixed-precision context (bf16 autocast when ``bf16=True``)."""
-        return self.compute_loss_context_manager()
+        """The mixed-precision context the policy's forward runs in (bf16 autocast when
+        ``bf16=True``): accelerate applies it inside the prepared model's forward only, so the
+        reference forward, the reference cache and the output head use it explicitly."""
+        return self.accelerator.autocast()
 
-    def _reference_logps(
-        self, model: nn.Module, ids: Tensor, am: Tensor, span: Tensor, idx: Tensor | None, b: int
-    ) -> tuple[Tensor, Tensor | None]:
-        """Per-token reference log-probs ``[N, L-1]`` and, when a TDPO term needs it, logits."""
-        need_logits = self.args.loss == "tdpo" or self.args.tdpo_alpha > 0
-        live = (
-            self.ref_model if self.ref_model is not None else self.accelerator.unwrap_model(model)
-        )
-        adapter_off = self.ref_model is None
-        if self.ref_cache is None:
-            return forward_logps(live, ids, am, span, adapter_off, return_logits=need_logits)
-        assert idx is not None, "the reference cache needs the batch's idx"
-        ref = torch.zeros(span.shape, dtype=torch.float32, device=span.device)
-        ref[: 2 * b] = self.ref_cache.lookup(idx, span[: 2 * b])
-        if ids.shape[0] > 2 * b:  # anchors are new text: score them live
-            lp, _ = forward_logps(live, ids[2 * b :], am[2 * b :], span[2 * b :], adapter_off)
-            ref[2 * b :] = lp
-        return ref, None
+    def _reference_logps(self, model: nn.Module, ids: Tensor, am: Tensor, span: Tensor,
+                         idx: Tensor | None = None, need_logits: bool = False,
+                         ) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+        """Per-token reference log-probs ``[N, L-1]`` (and logits when ``need_logits``).
+
+        Rows with a dataset ``idx`` come from the precomputed cache when there is one; other rows
+        (anchors: new text) run through the live reference.
+        """
+        if self.ref_cache is not None and idx is not None:
+            return self.ref_cache.lookup(idx, span), None
+        live, fused = self.ref_model, self._fused is not False
+        live = live if live is not None else self.accelerator.unwrap_model(model)
+        with self.autocast_context():
+            return forward_logps(live, ids, am, span, self.ref_model is None, need_logits, fused)
+
+    def _forward(self, model: nn.Module, ids: Tensor, am: Tensor, attribute: bool,
+                 full_logits: bool) -> _Forward:  # fmt: skip
+        """One policy forward through ``inputs_embeds`` (differentiable when ``attribute``).
+
+        With a plain output head (`output_head`) and no ``full_logits`` (TDPO's sequential KL),
+        the model projects only each row's last real position (``logits_to_keep``: the target
+        of Eq. 5) and the log-probs come later from the final hidden states, so the
+        ``[N, L, V]`` logits are never built.
+        """
+        unwrapped: Any = self.accelerator.unwrap_model(model)
+        embeds = unwrapped.get_input_embeddings()(ids)
+        if attribute and not embeds.requires_grad:
+            embeds.requires_grad_(True)  # LoRA: frozen embeddings, still differentiable inputs
+        pos = F.position_ids_from_mask(am)
+        kw = dict(inputs_embeds=embeds, attention_mask=am, position_ids=pos, use_cache=False)
+        if self._fused is None:
+            self._fused = output_head(unwrapped) is not None
+        head = output_head(unwrapped) if self._fused and not full_logits else None
+        if head is None:
+            return _Forward(embeds, None, model(**kw).logits, None)
+        keep = torch.zeros_like(am, dtype=torch.bool)
+        keep[torch.arange(am.shape[0], device=am.device), F.last_token_index(am)] = True
+        out = model(**kw, output_hidden_states=True, logits_to_keep=keep)
+        hidden = out.hidden_states[-1]
+        if not self._fused_checked:  # once: the model's own head must agree with ours
+            self._fused_checked = True
+            with torch.no_grad():
+                ours = nn.functional.linear(hidden[keep], head.weight, head.bias).float()
+            if not torch.allclose(out.logits.float(), ours, rtol=1e-3, atol=1e-3):
+                self._fused = False
+                return self._forward(model, ids, am, attribute, full_logits)
+        return _Forward(embeds, hidden, out.logits, head)
+
+    @staticmethod
+    def _logps(fwd: _Forward, ids: Tensor, span: Tensor) -> Tensor:
+        """Per-token policy log-probs ``[N, L-1]`` on ``span`` from a forward."""
+        if fwd.head is None:
+            return F.per_token_logps(fwd.logits[:, :-1], ids[:, 1:], span)
+        assert fwd.hidden is not None
+        head = fwd.head
+        return F.lm_head_logps(fwd.hidden[:, :-1], head.weight, ids[:, 1:], span, head.bias)
 
     # ---------------------------------------------------------------------------------- step
     def compute_loss(
@@ -269,38 +318,43 @@ class TIDPOTrainer(Trainer):
         mode = "train" if model.training else "eval"
         ids, am, rm = inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"]
         b = ids.shape[0] // 2
-        if cfg.uses_triplet:
-            if self.anchor_sampler is not None:
-                anchors = self.anchor_sampler.rows(
-                    self.accelerator.unwrap_model(model), inputs, self.state.global_step
-                )
-            else:
-                anchors = (inputs["anchor_input_ids"], inputs["anchor_attention_mask"],
-                           inputs["anchor_response_mask"])  # fmt: skip
-            ids, am, rm = _cat_rows([(ids, am, rm), anchors], self.pad_token_id)
-        embed: Any = self.accelerator.unwrap_model(model).get_input_embeddings()
-        embeds = embed(ids)
-        if cfg.needs_attribution and not embeds.requires_grad:
-            embeds.requires_grad_(True)  # LoRA: frozen embeddings, still differentiable inputs
-        out = model(
-            inputs_embeds=embeds,
-            attention_mask=am,
-            position_ids=F.position_ids_from_mask(am),
-            use_cache=False,
-        )
-        logits = out.logits
-        scores = None
-        if cfg.needs_attribution:
-            target = F.last_token_max_logit(logits[: 2 * b], am[: 2 * b])
-            scores = F.attribution_from_graph(target, embeds, am)[:, 1:]
+        need_logits = cfg.loss == "tdpo" or cfg.tdpo_alpha > 0
         response = rm[:, 1:]
         span = response if cfg.weight_span == "response" else am[:, 1:]
-        policy_lp = F.per_token_logps(logits[:, :-1], ids[:, 1:], span)
-        ref_lp, seq_kl = None, None
-        if cfg.uses_reference:
-            ref_lp, ref_logits = self._reference_logps(model, ids, am, span, inputs.get("idx"), b)
-            if ref_logits is not None:
-                seq_kl = F.sequential_kl(logits[: 2 * b, :-1], ref_logits[: 2 * b], span[: 2 * b])
+        seq_kl = ref_lp = anchors = None
+        # One autocast region for the whole step's forwards (sampling included), so autocast
+        # casts the policy's weights once per step rather than once per forward call.
+        with self.autocast_context():
+            if cfg.uses_triplet and self.anchor_sampler is not None:
+                unwrapped = self.accelerator.unwrap_model(model)
+                anchors = self.anchor_sampler.rows(unwrapped, inputs, self.state.global_step)
+            elif cfg.uses_triplet:
+                anchors = (inputs["anchor_input_ids"], inputs["anchor_attention_mask"],
+                           inputs["anchor_response_mask"])  # fmt: skip
+            # Chosen and rejected rows: one forward (attribution reuses its graph below).
+            fwd = self._forward(model, ids, am, cfg.needs_attribution, need_logits)
+            policy_lp = self._logps(fwd, ids, span)
+            if cfg.uses_reference:
+                idx = inputs.get("idx")
+                ref_lp, ref_logits = self._reference_logps(model, ids, am, span, idx, need_logits)
+                if ref_logits is not None and fwd.head is None:
+                    seq_kl = F.sequential_kl(fwd.logits[:, :-1], ref_logits, span)
+            if anchors is not None:
+                # Anchor rows: a forward of their own, at their own (usually shorter) width.
+                a_ids, a_am, a_rm = anchors
+                a_resp = a_rm[:, 1:]
+                a_span = a_resp if cfg.weight_span == "response" else a_am[:, 1:]
+                a_lp = self._logps(self._forward(model, a_ids, a_am, False, False), a_ids, a_span)
+                policy_lp, span = _stack(policy_lp, a_lp), _stack(span, a_span)
+                response = _stack(response, a_resp)
+                if ref_lp is not None:
+                    ref_lp = _stack(ref_lp, self._reference_logps(model, a_ids, a_am, a_span)[0])
+        scores = None
+        if cfg.needs_attribution:  # Eq. 5-6: max logit at each row's last real position
+            fused = fwd.head is not None  # then the forward projected those positions only
+            target = fwd.logits.max(-1).values if fused else F.last_token_max_logit(fwd.logits, am)
+            scores = F.attribution_from_graph(target, fwd.embeds, am)[:, 1:]
+            scores = nn.functional.pad(scores, (0, span.shape[1] - scores.shape[1]))
         gen = None
         if cfg.loss == "tidpo" and cfg.weighting == "random":
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.state.global_step)
@@ -312,10 +366,10 @@ class TIDPOTrainer(Trainer):
             self.guard.bad_in_step = True
             metrics = {}
             loss = sum((p.reshape(-1)[0] for p in model.parameters() if p.requires_grad),
-                       torch.zeros((), device=logits.device)) * 0.0  # fmt: skip
+                       torch.zeros((), device=ids.device)) * 0.0  # fmt: skip
         for key, value in metrics.items():
             self._metrics[mode][key].append(value)
-        return (loss, {"logits": logits}) if return_outputs else loss
+        return (loss, {"logits": fwd.logits, "policy_logps": policy_lp}) if return_outputs else loss
 
     def prediction_step(
         self,

@@ -19,7 +19,7 @@ from tidpo.functional.baselines import (
     simpo_loss,
     tdpo_loss,
 )
-from tidpo.functional.logps import per_token_logps, sequential_kl
+from tidpo.functional.logps import lm_head_logps, per_token_logps, sequential_kl
 from tidpo.functional.losses import triplet_distances, triplet_loss, weighted_dpo_loss
 from tidpo.functional.weights import (
     attribution_weights,
@@ -45,6 +45,7 @@ __all__ = [
     "ipo_loss",
     "last_token_index",
     "last_token_max_logit",
+    "lm_head_logps",
     "per_token_logps",
     "position_ids_from_mask",
     "random_weights",

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["per_token_logps", "sequential_kl"]
+__all__ = ["lm_head_logps", "per_token_logps", "sequential_kl"]
 
 # Number of token positions turned into fp32 at once (x vocabulary size floats).
 _CHUNK = 256
@@ -66,6 +66,112 @@ def per_token_logps(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
     safe = torch.where(mask_b, labels, torch.zeros_like(labels)).clamp(0, v - 1)
     flat = _LabelLogProb.apply(logits.reshape(b * t, v), safe.reshape(b * t))
     return flat.view(b, t) * mask_b.to(torch.float32)
+
+
+def _compute_dtype(hidden: Tensor) -> torch.dtype:
+    """The dtype an ``nn.Linear`` would compute in here: the autocast dtype when autocast is on."""
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return hidden.dtype
+
+
+def _project(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """Logits ``hidden @ weight.T + bias`` of one chunk (inputs already in the compute dtype)."""
+    logits = hidden @ weight.t()
+    return logits if bias is None else logits.add_(bias)
+
+
+class _HeadLogProb(torch.autograd.Function):
+    """log softmax(h W^T + b)[label] for rows of final hidden states, projected chunk by chunk.
+
+    Forward keeps the fp32 log-normaliser of each row (not the logits); backward recomputes each
+    chunk's logits, turns them into the gradient in place and ends with two matrix products.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        labels: Tensor,
+        dtype: torch.dtype,
+    ) -> Tensor:
+        h, w = hidden.to(dtype), weight.to(dtype)
+        b = bias.to(dtype) if bias is not None else None
+        n = h.shape[0]
+        acc = torch.promote_types(dtype, torch.float32)  # softmax math: fp32 at least
+        out = torch.empty(n, dtype=acc, device=h.device)
+        lse = torch.empty(n, dtype=acc, device=h.device)
+        with torch.autocast(h.device.type, enabled=False):
+            for start in range(0, n, _CHUNK):
+                sl = slice(start, start + _CHUNK)
+                logits = _project(h[sl], w, b)
+                logp = torch.log_softmax(logits, dim=-1, dtype=acc)
+                out[sl] = logp.gather(-1, labels[sl, None]).squeeze(-1)
+                lse[sl] = logits.gather(-1, labels[sl, None]).squeeze(-1).to(acc) - out[sl]
+        ctx.save_for_backward(h, weight, bias, labels, lse)
+        ctx.dtype = dtype
+        ctx.hidden_dtype = hidden.dtype
+        return out.float()
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        h, weight, bias, labels, lse = ctx.saved_tensors
+        w = weight.to(ctx.dtype)
+        b = bias.to(ctx.dtype) if bias is not None else None
+        go = grad_out.to(lse.dtype)
+        grad_logits = torch.empty((h.shape[0], w.shape[0]), dtype=ctx.dtype, device=h.device)
+        with torch.autocast(h.device.type, enabled=False):
+            for start in range(0, h.shape[0], _CHUNK):
+                sl = slice(start, start + _CHUNK)
+                # d log p_y / d z_v = 1[v = y] - softmax(z)_v, times the incoming gradient
+                g = _project(h[sl], w, b).to(lse.dtype)
+                g.sub_(lse[sl, None]).exp_().mul_(-go[sl, None])
+                g.scatter_add_(-1, labels[sl, None], go[sl, None])
+                grad_logits[sl] = g
+            need_h, need_w, need_b = ctx.needs_input_grad[:3]
+            grad_h = (grad_logits @ w).to(ctx.hidden_dtype) if need_h else None
+            grad_w = (grad_logits.t() @ h).to(weight.dtype) if need_w else None
+            grad_b = None
+            if need_b and bias is not None:
+                grad_b = grad_logits.sum(0, dtype=torch.float32).to(bias.dtype)
+        return grad_h, grad_w, grad_b, None, None
+
+
+def lm_head_logps(
+    hidden: Tensor, weight: Tensor, labels: Tensor, mask: Tensor, bias: Tensor | None = None
+) -> Tensor:
+    """Per-token log-probabilities log pi(y_t | x, y_<t) straight from the final hidden states.
+
+    ``log pi(y_t | x, y_<t) = log softmax(W h_t + b)[y_t]``: the quantity of the per-token
+    log-ratio r_t (METHOD.md notation, Eq. 9-12), equal to
+    ``per_token_logps(lm_head(hidden), labels, mask)`` but without ever materialising the
+    ``[B, T, V]`` logits: only positions where ``mask`` is 1 are projected, ``_CHUNK`` rows at a
+    time, and the backward recomputes each chunk instead of storing it.
+
+    Args:
+        hidden: ``[B, T, H]`` final hidden states (after the last norm); ``hidden[:, t]`` scores
+            ``labels[:, t]`` (the caller shifts, as for `per_token_logps`).
+        weight: ``[V, H]`` the output projection (``lm_head.weight``; tied embeddings work).
+        labels: ``[B, T]`` token ids (any value where ``mask`` is 0).
+        mask: ``[B, T]`` 1 where the log-probability is wanted.
+        bias: ``[V]`` the projection's bias, if it has one.
+
+    Returns:
+        ``[B, T]`` float32 log-probabilities, exactly 0 where ``mask`` is 0. The projection runs
+        in the autocast dtype when autocast is on (as ``nn.Linear`` would), else in the dtype of
+        ``hidden``; the log-softmax is computed in float32 from it. Gradients flow to ``hidden``,
+        ``weight`` and ``bias``.
+    """
+    b, t, _ = hidden.shape
+    mask_b = mask.bool()
+    rows = hidden[mask_b]
+    safe = labels[mask_b].clamp(0, weight.shape[0] - 1)
+    values = _HeadLogProb.apply(rows, weight, bias, safe, _compute_dtype(hidden))
+    out = torch.zeros((b, t), dtype=torch.float32, device=hidden.device)
+    return out.masked_scatter(mask_b, values)
 
 
 def sequential_kl(policy_logits: Tensor, ref_logits: Tensor, mask: Tensor) -> Tensor:

@@ -1,0 +1,66 @@
+"""`tidpo bench`: step time and peak memory of tidpo's objectives against TRL's DPOTrainer.
+
+``bench_command`` is a plain typer-annotated function; :mod:`tidpo.cli` registers it with
+``app.command("bench")(bench_command)``. The work is `tidpo.bench.run_bench`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tidpo.errors import TidpoError
+
+__all__ = ["bench_command"]
+
+
+def bench_command(
+    model: Annotated[
+        str | None, typer.Option(help="Local transformers folder, a .gguf file, or 'default'.")
+    ] = None,
+    batch: Annotated[int, typer.Option(help="Preference pairs per step.")] = 2,
+    max_length: Annotated[int, typer.Option(help="Tokens per sequence (prompt + response).")] = 256,
+    steps: Annotated[int, typer.Option(help="Timed optimiser steps per configuration run.")] = 5,
+    warmup: Annotated[int, typer.Option(help="Untimed steps first.")] = 1,
+    repeats: Annotated[
+        int, typer.Option(help="Rounds over all configurations (order rotated each round).")
+    ] = 2,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the results as JSON here.")
+    ] = None,
+    checkpointing: Annotated[
+        bool, typer.Option(help="Gradient (activation) checkpointing on, for TRL and tidpo.")
+    ] = False,
+    configs: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated subset of the configurations (default: all six)."),
+    ] = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option(help="Folder for a torch.profiler table of one extra step per config."),
+    ] = None,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Benchmark TRL DPO vs tidpo DPO / TI-DPO: step time, tokens/s, peak memory."""
+    from tidpo.bench import CONFIGS, BenchOptions, run_bench, write_json
+
+    logging.basicConfig(level=logging.WARNING)
+    console = Console()
+    try:
+        chosen = tuple(c.strip() for c in configs.split(",") if c.strip()) if configs else CONFIGS
+        opts = BenchOptions(model=model, batch=batch, max_length=max_length, steps=steps,
+                            warmup=warmup, repeats=repeats, checkpointing=checkpointing,
+                            configs=chosen, profile_dir=profile)  # fmt: skip
+        results = run_bench(opts, console)
+        if json_path is not None:
+            write_json(results, json_path)
+            console.print(f"[green]wrote[/] {json_path}")
+    except TidpoError as err:
+        if debug:
+            raise
+        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None

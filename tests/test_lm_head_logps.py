@@ -1,0 +1,136 @@
+"""lm_head_logps (log-probs from final hidden states) against per_token_logps(lm_head(h)); the
+fused forward of the reference; output_head; the bf16-stored frozen reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tidpo.functional import lm_head_logps, per_token_logps
+from tidpo.functional import logps as logps_mod
+from tidpo.reference import forward_logps, frozen_copy, output_head
+
+
+def _exact(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, labels: torch.Tensor,
+           mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Plain autograd: full logits, log_softmax, gather (float64)."""
+    logits = h.double() @ w.double().t() + (b.double() if b is not None else 0.0)
+    lp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
+    return lp * mask
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_equals_log_softmax_of_the_projection_values_and_gradients(bias: bool) -> None:
+    torch.manual_seed(0)
+    # 3 x 200 = 600 positions, ~420 masked: several _CHUNK-row chunks.
+    h = torch.randn(3, 200, 16, requires_grad=True)
+    w = torch.randn(70, 16, requires_grad=True)
+    b = torch.randn(70, requires_grad=True) if bias else None
+    labels = torch.randint(0, 70, (3, 200))
+    mask = (torch.rand(3, 200) > 0.3).long()
+    labels[mask == 0] = -100
+    ours = lm_head_logps(h, w, labels, mask, b)
+    assert ours.dtype == torch.float32 and torch.all(ours[mask == 0] == 0)
+    ref = _exact(h, w, b, labels, mask)
+    assert torch.allclose(ours.double(), ref, atol=1e-5)
+    # the same as the existing path on materialised logits
+    logits = h @ w.t() + (b if b is not None else 0.0)
+    assert torch.allclose(ours, per_token_logps(logits, labels, mask), atol=1e-5)
+    inputs = [h, w] + ([b] if b is not None else [])
+    g = torch.randn(3, 200)
+    grads = torch.autograd.grad((ours * g).sum(), inputs)
+    ref_grads = torch.autograd.grad((ref * g.double()).sum(), inputs)
+    for a, r in zip(grads, ref_grads, strict=True):
+        assert torch.allclose(a, r, atol=1e-5)
+
+
+def test_bf16_autocast_matches_per_token_logps_of_bf16_logits() -> None:
+    torch.manual_seed(1)
+    h = torch.randn(2, 9, 32)
+    w = torch.randn(500, 32)
+    labels = torch.randint(0, 500, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = lm_head_logps(h, w, labels, mask)
+        logits = torch.nn.functional.linear(h, w)  # bf16, as the model's head would give
+    assert logits.dtype == torch.bfloat16 and ours.dtype == torch.float32
+    assert torch.allclose(ours, per_token_logps(logits, labels, mask), atol=1e-5)
+
+
+def test_projects_masked_rows_only_and_chunk_by_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows: list[int] = []
+    real = logps_mod._project
+
+    def spy(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        rows.append(h.shape[0])
+        return real(h, w, b)
+
+    monkeypatch.setattr(logps_mod, "_project", spy)
+    h = torch.randn(4, 300, 8, requires_grad=True)
+    w = torch.randn(64, 8, requires_grad=True)
+    mask = torch.zeros(4, 300)
+    mask[:, 100:] = 1  # 800 of 1200 positions
+    out = lm_head_logps(h, w, torch.randint(0, 64, (4, 300)), mask)
+    out.sum().backward()
+    assert sum(rows) == 2 * 800  # forward + backward, masked rows only
+    assert max(rows) <= logps_mod._CHUNK
+    assert h.grad is not None and torch.all(h.grad[:, :100] == 0)
+
+
+def test_empty_mask_gives_zeros_and_zero_gradients() -> None:
+    h = torch.randn(2, 5, 8, requires_grad=True)
+    w = torch.randn(30, 8, requires_grad=True)
+    out = lm_head_logps(h, w, torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 5))
+    assert torch.all(out == 0)
+    out.sum().backward()
+    assert h.grad is not None and w.grad is not None
+    assert torch.all(h.grad == 0) and torch.all(w.grad == 0)
+
+
+def _batch(vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(3)
+    ids = torch.randint(3, vocab, (3, 12))
+    am = torch.ones_like(ids)
+    am[1, 9:] = 0  # right padding
+    mask = am[:, 1:].clone()
+    mask[:, :4] = 0  # the "prompt"
+    return ids, am, mask
+
+
+def test_forward_logps_fused_equals_logits_path(tiny_model_dir: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    assert output_head(model) is model.get_output_embeddings()
+    ids, am, mask = _batch(model.config.vocab_size)
+    plain, _ = forward_logps(model, ids, am, mask)
+    fused, _ = forward_logps(model, ids, am, mask, fused=True)
+    assert torch.allclose(plain, fused, atol=1e-5)
+    _, logits = forward_logps(model, ids, am, mask, return_logits=True, fused=True)
+    assert logits is not None  # TDPO asks for logits: the plain path
+
+
+def test_output_head_refuses_transformed_logits(tiny_model_dir: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model.config.final_logit_softcapping = 30.0
+    assert output_head(model) is None
+    model.config.final_logit_softcapping = None
+    model.lm_head = torch.nn.Sequential(model.lm_head)  # not a plain nn.Linear
+    assert output_head(model) is None
+
+
+def test_frozen_copy_with_bf16_linears_gives_the_same_autocast_logits(
+    tiny_model_dir: Path,
+) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    ref32 = frozen_copy(model)
+    ref16 = frozen_copy(model, torch.bfloat16)
+    q = ref16.model.layers[0].self_attn.q_proj.weight
+    assert q.dtype == torch.bfloat16
+    assert ref16.get_input_embeddings().weight.dtype == torch.float32  # tied head stays fp32
+    ids, am, mask = _batch(model.config.vocab_size)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, _ = forward_logps(ref32, ids, am, mask, fused=True)
+        b, _ = forward_logps(ref16, ids, am, mask, fused=True)
+    assert torch.equal(a, b)
