@@ -134,10 +134,12 @@ def train(
 def _register() -> None:
     """The other commands live in `tidpo.commands` (one module each)."""
     from tidpo.commands.eval_cmd import eval_command
+    from tidpo.commands.experiment_cmd import experiment_command
     from tidpo.commands.explain_cmd import explain_command
 
     app.command("explain")(explain_command)
     app.command("eval")(eval_command)
+    app.command("experiment")(experiment_command)
 
 
 _register()

@@ -1,0 +1,64 @@
+"""`tidpo experiment`: the paper's comparisons at small scale (see :mod:`tidpo.experiment`).
+
+``experiment_command`` is a plain typer-annotated function; :mod:`tidpo.cli` registers it with
+``app.command("experiment")(experiment_command)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tidpo.errors import TidpoError
+
+__all__ = ["experiment_command"]
+
+
+def experiment_command(
+    study: Annotated[str, typer.Argument(help="ablation, noise, importance or all.")],
+    model: Annotated[
+        str | None, typer.Option(help="Model folder or .gguf (default: SmolLM2-135M).")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Training preferences (default: the bundled train split).")
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="Number of seeds (0, 1, ...).")] = 3,
+    budget: Annotated[str, typer.Option(help="small (about an hour on 2 cores) or medium.")] = (
+        "small"
+    ),
+    out: Annotated[Path, typer.Option(help="Output folder (reruns resume in it).")] = Path(
+        "runs/experiment"
+    ),
+    max_steps: Annotated[
+        int | None, typer.Option(help="Override the budget's training steps per arm.")
+    ] = None,
+    eval_limit: Annotated[
+        int | None, typer.Option(help="Override the budget's number of test rows.")
+    ] = None,
+    report_only: Annotated[
+        bool, typer.Option(help="Write the tables from finished arms; run nothing.")
+    ] = False,
+) -> None:
+    """Train every arm on the same data, seeds and budget, evaluate, write experiment.md/json."""
+    from tidpo.experiment import run_experiment
+
+    console = Console()
+    try:
+        run_experiment(
+            study,
+            model=model,
+            dataset=dataset,
+            seeds=seeds,
+            budget=budget,
+            out=out,
+            max_steps=max_steps,
+            eval_limit=eval_limit,
+            report_only=report_only,
+            console=console,
+        )
+    except TidpoError as err:
+        console.print(f"[red]error[/]: {err}")
+        raise typer.Exit(2) from None
