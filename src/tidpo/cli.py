@@ -133,6 +133,7 @@ def train(
 
 def _register() -> None:
     """The other commands live in `tidpo.commands` (one module each)."""
+    from tidpo.commands.bench_cmd import bench_command
     from tidpo.commands.eval_cmd import eval_command
     from tidpo.commands.experiment_cmd import experiment_command
     from tidpo.commands.explain_cmd import explain_command
@@ -140,6 +141,7 @@ def _register() -> None:
     app.command("explain")(explain_command)
     app.command("eval")(eval_command)
     app.command("experiment")(experiment_command)
+    app.command("bench")(bench_command)
 
 
 _register()

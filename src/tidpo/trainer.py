@@ -227,7 +227,8 @@ class TIDPOTrainer(Trainer):
         from tidpo.reference import data_fingerprint, model_fingerprint
 
         source: nn.Module = ref_model if ref_model is not None else self.model  # type: ignore[assignment]
-        key = f"{model_fingerprint(source)}-{data_fingerprint(ds, str(self.args.max_length))}"
+        extra = f"{self.args.max_length}:{self.accelerator.mixed_precision}"  # bf16 logps differ
+        key = f"{model_fingerprint(source)}-{data_fingerprint(ds, extra)}"
         path = cache_dir() / "ref-logps" / f"{key}.safetensors"
         if path.exists():
             return ReferenceCache.load(path)
@@ -303,8 +304,7 @@ class TIDPOTrainer(Trainer):
         if fwd.head is None:
             return F.per_token_logps(fwd.logits[:, :-1], ids[:, 1:], span)
         assert fwd.hidden is not None
-        head = fwd.head
-        return F.lm_head_logps(fwd.hidden[:, :-1], head.weight, ids[:, 1:], span, head.bias)
+        return F.lm_head_logps(fwd.hidden[:, :-1], fwd.head.weight, ids[:, 1:], span, fwd.head.bias)
 
     # ---------------------------------------------------------------------------------- step
     def compute_loss(
@@ -325,9 +325,9 @@ class TIDPOTrainer(Trainer):
         # One autocast region for the whole step's forwards (sampling included), so autocast
         # casts the policy's weights once per step rather than once per forward call.
         with self.autocast_context():
-            if cfg.uses_triplet and self.anchor_sampler is not None:
-                unwrapped = self.accelerator.unwrap_model(model)
-                anchors = self.anchor_sampler.rows(unwrapped, inputs, self.state.global_step)
+            if cfg.uses_triplet and self.anchor_sampler is not None:  # stale rows are sampled
+                policy = self.accelerator.unwrap_model(model)
+                anchors = self.anchor_sampler.rows(policy, inputs, self.state.global_step)
             elif cfg.uses_triplet:
                 anchors = (inputs["anchor_input_ids"], inputs["anchor_attention_mask"],
                            inputs["anchor_response_mask"])  # fmt: skip
