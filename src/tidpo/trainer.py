@@ -115,10 +115,14 @@ class _NonFiniteGuard(TrainerCallback):
     def on_pre_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        if not self.bad_in_step:
+        bad, self.bad_in_step = self.bad_in_step, False
+        acc = self.trainer.accelerator
+        if acc.num_processes > 1:  # every rank must skip together, or the replicas diverge
+            flag = torch.tensor([float(bad)], device=acc.device)
+            bad = bool(acc.reduce(flag, reduction="sum").item() > 0)
+        if not bad:
             self.in_a_row = 0
             return
-        self.bad_in_step = False
         self.in_a_row += 1
         self.skipped += 1
         model: Any = self.trainer.model
@@ -390,10 +394,17 @@ class TIDPOTrainer(Trainer):
         """Add the step metrics (averaged since the last log) to the Trainer's record."""
         mode = "train" if self.model is not None and self.model.training else "eval"
         prefix = "eval_" if mode == "eval" else ""
-        for key, values in self._metrics[mode].items():
-            if values:
-                logs[f"{prefix}{key}"] = sum(values) / len(values)
+        means = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
         self._metrics[mode].clear()
+        if self.accelerator.num_processes > 1:  # each rank saw its own rows: average them
+            from accelerate.utils import gather_object
+
+            ranks = gather_object([means])
+            keys = sorted({k for m in ranks for k in m})
+            means = {
+                k: sum(m[k] for m in ranks if k in m) / sum(k in m for m in ranks) for k in keys
+            }
+        logs.update({f"{prefix}{key}": value for key, value in means.items()})
         if mode == "train":
             logs["train/skipped_steps"] = float(self.guard.skipped)
         super().log(logs, start_time)
