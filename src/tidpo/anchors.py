@@ -13,22 +13,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tidpo.collate import left_pad
+
 __all__ = ["AnchorSampler", "anchor_rows"]
 
 
 def _rows(ids: Tensor, mask: Tensor) -> list[list[int]]:
     """The real (mask 1) token ids of each row, as lists."""
     return [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
-
-
-def _left_pad(rows: list[list[int]], pad: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r) :] = 1
-    return ids.to(device), mask.to(device)
 
 
 def _cut_at_eos(tokens: list[int], eos: set[int], pad: int) -> list[int]:
@@ -101,9 +93,10 @@ class AnchorSampler:
         fresh: dict[int, list[int]] = {}
         if stale:
             device = batch["input_ids"].device
-            ctx_ids, ctx_mask = _left_pad(
-                [prompts[i] + prefixes[i] for i in stale], self.pad_token_id, device
+            ctx_ids, ctx_mask = left_pad(
+                [prompts[i] + prefixes[i] for i in stale], self.pad_token_id
             )
+            ctx_ids, ctx_mask = ctx_ids.to(device), ctx_mask.to(device)
             gen_model: Any = model
             was_training = gen_model.training
             gen_model.eval()

@@ -50,7 +50,7 @@ def _right_pad(
     return input_ids, attention_mask, response_mask
 
 
-def _left_pad(rows: Sequence[list[int]], pad_token_id: int) -> tuple[Tensor, Tensor]:
+def left_pad(rows: Sequence[list[int]], pad_token_id: int) -> tuple[Tensor, Tensor]:
     """Rows left-padded to the longest: (input_ids, attention_mask)."""
     width = max((len(r) for r in rows), default=0)
     input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
@@ -83,7 +83,7 @@ class PreferenceCollator:
         input_ids, attention_mask, response_mask = _right_pad(
             prompts + prompts, chosen + rejected, self.pad_token_id
         )
-        prompt_input_ids, prompt_attention_mask = _left_pad(prompts, self.pad_token_id)
+        prompt_input_ids, prompt_attention_mask = left_pad(prompts, self.pad_token_id)
         batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from tidpo.collate import left_pad
 from tidpo.errors import TidpoError
 
 if TYPE_CHECKING:
@@ -269,17 +270,6 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase, eos: Sequence[int]) -> int:
     return eos[0]
 
 
-def _left_pad(rows: Sequence[list[int]], pad: int) -> tuple[Tensor, Tensor]:
-    """Rows left-padded to the longest (batched generation): ``(input_ids, attention_mask)``."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r) :] = 1
-    return ids, mask
-
-
 @torch.no_grad()
 def generate_responses(
     model: nn.Module,
@@ -315,7 +305,7 @@ def generate_responses(
         torch.manual_seed(seed)
         for start in range(0, len(prompts), batch_size):
             chunk = [_prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
-            ids, mask = _left_pad(chunk, pad)
+            ids, mask = left_pad(chunk, pad)
             ids, mask = ids.to(device), mask.to(device)
             out = gen.generate(
                 input_ids=ids,
