@@ -75,7 +75,7 @@ def eval_table_html(ev: Mapping[str, Any]) -> str:
         ("self_bleu", "Self-BLEU (%)", False),
         ("distinct_2", "distinct-2", True),
         ("distinct_4", "distinct-4", True),
-        ("mean_token_entropy", "mean token entropy (nats)", True),
+        ("entropy", "mean token entropy (nats)", True),
     ]
     for key, label, higher in diversity:
         rows.append(_row(label, dr.get(key), dp.get(key), higher=higher))
