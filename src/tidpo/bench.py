@@ -13,7 +13,10 @@ What is measured, and how (the same for every configuration):
 * **Step.** One optimiser step (forward, backward, gradient clipping, AdamW update) timed from the
   Trainer's ``on_step_begin`` to ``on_step_end`` callbacks, for TRL and tidpo alike; the first
   ``warmup`` steps are not counted. The median is reported (and the mean, which is what a refresh
-  period amortises: with refresh 4 one step in four samples anchors).
+  period amortises: with refresh 4 one step in four samples anchors), with the step's process CPU
+  time (all threads: less sensitive than wall time to other jobs on a shared machine) and
+  tokens/s = the chosen and rejected rows' tokens (prompt + response; anchors not counted) per
+  median step.
 * **Isolation.** Each configuration runs in its own process (``python -m tidpo.bench --worker``);
   its peak resident memory is the child's ``ru_maxrss`` (from ``os.wait4``). With ``repeats`` > 1
   the configurations run round-robin, the order rotated every round, so drift hits all alike.
