@@ -1,8 +1,8 @@
 """Anchor responses for the triplet loss (METHOD.md section 4): sampled from the policy or a column.
 
 Sampling is one batched ``generate`` call with the KV cache and no gradient. An example's anchor
-is kept for ``refresh_steps`` optimiser steps (keyed by its dataset index), so ``refresh_steps=1``
-samples afresh at every step and larger values trade freshness for speed.
+is kept for ``refresh_steps`` optimiser steps (keyed by its dataset and row), so
+``refresh_steps=1`` samples afresh at every step and larger values trade freshness for speed.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class AnchorSampler:
     temperature: float = 0.8
     refresh_steps: int = 1
     from_: str = "prompt"
-    cache: dict[int, tuple[int, list[int]]] = field(default_factory=dict)
+    cache: dict[tuple[int, int], tuple[int, list[int]]] = field(default_factory=dict)
     generated_rows: int = 0
 
     def _contexts(self, batch: dict[str, Tensor]) -> tuple[list[list[int]], list[list[int]]]:
@@ -80,11 +80,23 @@ class AnchorSampler:
         return prompts, [c[: len(c) // 2] for c in chosen]
 
     @torch.no_grad()
-    def sample(self, model: nn.Module, batch: dict[str, Tensor], step: int) -> list[list[int]]:
-        """Anchor response ids for every row of the batch (one ``generate`` call for stale rows)."""
+    def sample(
+        self,
+        model: nn.Module,
+        batch: dict[str, Tensor],
+        step: int,
+        rows: tuple[int, Tensor] | None = None,
+    ) -> list[list[int]]:
+        """Anchor response ids for every row of the batch (one ``generate`` call for stale rows).
+
+        ``rows`` (the batch's dataset id and row indices) keys the cache; without it every row
+        is sampled afresh.
+        """
         prompts, prefixes = self._contexts(batch)
         b = len(prompts)
-        keys: list[int | None] = batch["idx"].tolist() if "idx" in batch else [None] * b
+        keys: list[tuple[int, int] | None] = [None] * b
+        if rows is not None:
+            keys = [(rows[0], int(i)) for i in rows[1].tolist()]
         stale = [
             i
             for i, k in enumerate(keys)
@@ -123,12 +135,16 @@ class AnchorSampler:
                 if key is not None:
                     self.cache[key] = (step, fresh[i])
             self.generated_rows += len(stale)
-        return [fresh[i] if i in fresh else self.cache[int(keys[i] or 0)][1] for i in range(b)]
+        return [fresh[i] if i in fresh else self.cache[keys[i]][1] for i in range(b)]  # type: ignore[index]
 
     def rows(
-        self, model: nn.Module, batch: dict[str, Tensor], step: int
+        self,
+        model: nn.Module,
+        batch: dict[str, Tensor],
+        step: int,
+        rows: tuple[int, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Anchor rows ``(input_ids, attention_mask, response_mask)`` for the batch."""
         prompts, _ = self._contexts(batch)
-        responses = self.sample(model, batch, step)
+        responses = self.sample(model, batch, step, rows)
         return anchor_rows(prompts, responses, self.pad_token_id, batch["input_ids"].device)

@@ -67,8 +67,9 @@ class PreferenceCollator:
     """Collate tokenized preference rows into the layout described in the module docstring.
 
     Every mask is a ``torch.long`` tensor of 0/1. Extra keys of the features are ignored, except
-    ``idx`` (the row's dataset index, passed on
-    as ``idx`` [B] for the reference cache and the anchor cache).
+    ``idx`` (the row's index in its dataset) and ``dataset_id`` (which dataset: 0 for the
+    training set, 1.. for evaluation sets), passed on as ``[B]`` tensors: together they key the
+    reference cache and the anchor cache, so rows of two datasets never share an entry.
     """
 
     pad_token_id: int
@@ -93,6 +94,9 @@ class PreferenceCollator:
         }
         if all(f.get("idx") is not None for f in features):
             batch["idx"] = torch.tensor([int(f["idx"]) for f in features], dtype=torch.long)
+        if all(f.get("dataset_id") is not None for f in features):
+            ids = [int(f["dataset_id"]) for f in features]
+            batch["dataset_id"] = torch.tensor(ids, dtype=torch.long)
         if all(f.get("anchor_ids") is not None for f in features):
             anchors = [_ids(f["anchor_ids"]) for f in features]
             anchor_ids, anchor_mask, anchor_response = _right_pad(

@@ -10,35 +10,56 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from tidpo import functional as F
 from tidpo.collate import response_aligned
 from tidpo.config import TIDPOConfig
 from tidpo.functional.weights import Scale
 
-__all__ = ["StepTensors", "step_loss", "token_weights"]
+__all__ = ["StepTensors", "label_weights", "step_loss", "token_weights", "weight_span_mask"]
 
 
 @dataclass
 class StepTensors:
     """Per-token tensors of one step, rows laid out chosen (B), rejected (B), then anchors (B).
 
-    All are in shifted coordinates ``[N, L-1]``: index ``t`` scores token ``t + 1``.
+    Two coordinate systems. The log-probs and the loss span are *shifted* (``[N, L-1]``: index
+    ``t`` scores token ``t + 1``). The attribution scores and the weight span are *unshifted*
+    (``[2B, L]``: index ``t`` is token ``t``), because weights belong to token positions: the
+    weight of the label token at position ``t`` is the weight of position ``t`` (so the span may
+    include token 0, which is never a label).
     """
 
-    policy_logps: Tensor  # log pi_theta on ``span`` (0 elsewhere)
-    ref_logps: Tensor | None  # log pi_ref on ``span`` (None for reference-free losses)
-    span: Tensor  # the weighted span (response tokens, or the whole sequence)
-    response: Tensor  # response tokens only
-    scores: Tensor | None = None  # raw attribution I (Eq. 5-6), None if unused
-    policy_seq_kl: Tensor | None = None  # [2B] sequential KL for TDPO terms
+    policy_logps: Tensor  # log pi_theta of each response label (0 elsewhere), shifted
+    ref_logps: Tensor | None  # log pi_ref likewise (None for reference-free losses)
+    response: Tensor  # the loss span: response labels, shifted; the margin and KL sum over it
+    weight_span: Tensor  # [2B, L] unshifted: where weights are placed and normalised
+    scores: Tensor | None = None  # [2B, L] unshifted raw attribution I (Eq. 5-6), None if unused
+    policy_seq_kl: Tensor | None = None  # [2B] sequential KL for TDPO terms (over the response)
+
+
+def weight_span_mask(attention_mask: Tensor, response_mask: Tensor, span: str) -> Tensor:
+    """The unshifted ``[N, L]`` mask over which token weights are placed and normalised.
+
+    ``"response"``: the response tokens that are labels (every response token but one at
+    position 0). ``"sequence"``: every real token of prompt + response, token 0 included (the
+    released code's span).
+    """
+    if span == "sequence":
+        return attention_mask
+    labels = response_mask.clone()
+    labels[:, 0] = 0
+    return labels
 
 
 def token_weights(
     cfg: TIDPOConfig, scores: Tensor | None, span: Tensor, generator: torch.Generator | None
 ) -> Tensor:
-    """Token weights of the configured ``weighting`` (Eq. 8 for ``hybrid``), detached."""
+    """Token weights of the configured ``weighting`` (Eq. 8 for ``hybrid``) on ``span``, detached.
+
+    ``scores`` and ``span`` share one coordinate system; the weights come back in it.
+    """
     scale: Scale = "mean" if cfg.weight_scale == "mean" else "sum"
     if cfg.weighting == "uniform":
         return F.uniform_weights(span, scale)
@@ -55,6 +76,16 @@ def token_weights(
     return F.hybrid_weights(scores, span, cfg.importance_lambda, cfg.sigma_div, scale)
 
 
+def label_weights(weights: Tensor, width: int) -> Tensor:
+    """Unshifted ``[N, L]`` token weights as the weights of the labels, shifted ``[N, width]``.
+
+    Label ``t`` (shifted) is token ``t + 1``: it gets that position's weight (right-padded with
+    zeros when the shifted tensors are wider, as when anchor rows are stacked below).
+    """
+    shifted = weights[:, 1:]
+    return nn.functional.pad(shifted, (0, width - shifted.shape[1]))
+
+
 def _f(x: Tensor) -> float:
     """Detached mean as a Python float (for logging)."""
     return float(x.detach().float().mean())
@@ -68,46 +99,70 @@ def _entropy(weights: Tensor, span: Tensor) -> Tensor:
 
 
 def step_loss(
-    cfg: TIDPOConfig, t: StepTensors, b: int, generator: torch.Generator | None = None
+    cfg: TIDPOConfig,
+    t: StepTensors,
+    b: int,
+    generator: torch.Generator | None = None,
+    details: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """The batch loss (mean over pairs) of ``cfg.loss`` and its metrics (TRL's names and ours)."""
-    pol, span = t.policy_logps, t.span.to(torch.float32)
+    """The batch loss (mean over pairs) of ``cfg.loss`` and its metrics (TRL's names and ours).
+
+    Only response labels (``t.response``) enter the margin, the sequential KL and the triplet;
+    weights are placed over ``t.weight_span``, so with the ``"sequence"`` span prompt tokens take
+    weight but contribute nothing. When ``details`` is a dict it receives the per-token and
+    per-pair tensors (detached): ``token_weights`` (unshifted, on the weight span), ``weights``
+    (label-aligned), ``ratios``, ``margins`` (weighted
+    log-ratio sums), ``seq_kl``, ``triplet``, ``losses``.
+    """
+    pol, resp = t.policy_logps, t.response.to(torch.float32)
     ratios = pol - t.ref_logps if t.ref_logps is not None else pol
-    sums = (ratios * span).sum(-1)
+    ratios = ratios * resp
+    sums = ratios.sum(-1)
     c, r = slice(0, b), slice(b, 2 * b)
     metrics: dict[str, float] = {}
+    out: dict[str, Tensor] = {"ratios": ratios.detach()}
     if cfg.loss == "tidpo":
-        w = token_weights(cfg, t.scores[: 2 * b] if t.scores is not None else None,
-                          t.span[: 2 * b], generator)  # fmt: skip
+        wspan = t.weight_span[: 2 * b]
+        scores = t.scores[: 2 * b] if t.scores is not None else None
+        w_tok = token_weights(cfg, scores, wspan, generator)
+        w = label_weights(w_tok, ratios.shape[1])
         kl = t.policy_seq_kl
         loss_w, rew_c, rew_r = F.weighted_dpo_loss(
-            ratios[c], w[c], span[c], ratios[r], w[r], span[r], beta=cfg.beta,
+            ratios[c], w[c], resp[c], ratios[r], w[r], resp[r], beta=cfg.beta,
             tdpo_alpha=cfg.tdpo_alpha, chosen_seq_kl=kl[c] if kl is not None else None,
             rejected_seq_kl=kl[r] if kl is not None else None,
         )  # fmt: skip
         loss = loss_w
+        out.update(
+            token_weights=w_tok, weights=w.detach(), margins=(w * ratios[: 2 * b]).sum(-1).detach()
+        )
+        if kl is not None:
+            out["seq_kl"] = kl.detach()
         metrics["loss/dpo_w"] = _f(loss_w)
-        wspan = t.span[: 2 * b].bool()
-        metrics["weights/entropy"] = _f(_entropy(w, span[: 2 * b]))
-        metrics["weights/max"] = _f(w.masked_fill(~wspan, 0).max(-1).values)
-        if t.scores is not None:
-            metrics["weights/fallbacks"] = _f(F.fallback_rows(t.scores[: 2 * b], wspan).sum())
+        metrics["weights/entropy"] = _f(_entropy(w_tok, wspan.to(torch.float32)))
+        metrics["weights/max"] = _f(w_tok.masked_fill(~wspan.bool(), 0).max(-1).values)
+        if scores is not None:
+            metrics["weights/fallbacks"] = _f(F.fallback_rows(scores, wspan).sum())
         if cfg.uses_triplet:
-            resp = t.response
-            a_r, a_m = response_aligned(ratios[2 * b :], resp[2 * b :])
-            b_r, b_m = response_aligned(ratios[c], resp[c])
-            c_r, c_m = response_aligned(ratios[r], resp[r])
+            rmask = t.response
+            a_r, a_m = response_aligned(ratios[2 * b :], rmask[2 * b :])
+            b_r, b_m = response_aligned(ratios[c], rmask[c])
+            c_r, c_m = response_aligned(ratios[r], rmask[r])
             d_pos, d_neg = F.triplet_distances(a_r, a_m, b_r, b_m, c_r, c_m)
             trip = F.triplet_loss(a_r, a_m, b_r, b_m, c_r, c_m, margin=cfg.triplet_margin)
             loss = loss + cfg.gamma * trip
+            out["triplet"] = trip.detach()
             metrics["triplet/loss"] = _f(trip)
             metrics["triplet/d_pos"] = _f(d_pos)
             metrics["triplet/d_neg"] = _f(d_neg)
     else:
-        loss, rew_c, rew_r = _baseline(cfg, ratios, pol, span, sums, t.policy_seq_kl, b)
+        loss, rew_c, rew_r = _baseline(cfg, ratios, pol, resp, sums, t.policy_seq_kl, b)
         metrics["loss/dpo_w"] = _f(loss)
-    lengths = span.sum(-1).clamp(min=1)
-    seq_logps = (pol * span).sum(-1)
+    out["losses"] = loss.detach()
+    if details is not None:
+        details.update(out)
+    lengths = resp.sum(-1).clamp(min=1)
+    seq_logps = (pol * resp).sum(-1)
     metrics.update({
         "rewards/chosen": _f(rew_c),
         "rewards/rejected": _f(rew_r),

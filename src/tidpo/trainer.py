@@ -29,19 +29,22 @@ from tidpo.collate import PreferenceCollator
 from tidpo.config import TIDPOConfig
 from tidpo.data import DataError, tokenize_dataset
 from tidpo.errors import TidpoError
-from tidpo.objective import StepTensors, step_loss
+from tidpo.objective import StepTensors, step_loss, weight_span_mask
 from tidpo.reference import ReferenceCache, forward_logps, frozen_copy, output_head
 
 __all__ = ["MetricsFileCallback", "TIDPOTrainer", "prepare_dataset"]
 
 
-def prepare_dataset(ds: Dataset, tokenizer: PreTrainedTokenizerBase, cfg: TIDPOConfig) -> Dataset:
-    """Tokenize (unless already tokenized) and number the rows (``idx``) for the caches."""
+def prepare_dataset(
+    ds: Dataset, tokenizer: PreTrainedTokenizerBase, cfg: TIDPOConfig, dataset_id: int = 0
+) -> Dataset:
+    """Tokenize (unless already tokenized), number the rows (``idx``) and tag them with
+    ``dataset_id`` (0: training set, 1..: evaluation sets): the caches key rows by both."""
     if "chosen_ids" not in ds.column_names:
         ds, _ = tokenize_dataset(ds, tokenizer, cfg.max_length)
-    if "idx" in ds.column_names:
-        ds = ds.remove_columns("idx")
+    ds = ds.remove_columns([c for c in ("idx", "dataset_id") if c in ds.column_names])
     ds = ds.add_column("idx", list(range(len(ds))))
+    ds = ds.add_column("dataset_id", [dataset_id] * len(ds))
     needs_column = cfg.uses_triplet and cfg.anchor_source == "column"
     if needs_column and (
         "anchor_ids" not in ds.column_names or any(a is None for a in ds["anchor_ids"])
@@ -157,7 +160,7 @@ class TIDPOTrainer(Trainer):
         args: TIDPOConfig,
         train_dataset: Dataset,
         processing_class: PreTrainedTokenizerBase,
-        eval_dataset: Dataset | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
         ref_model: nn.Module | None = None,
         callbacks: list[TrainerCallback] | None = None,
     ) -> None:
@@ -167,8 +170,11 @@ class TIDPOTrainer(Trainer):
         self.pad_token_id = int(pad)
         _disable_dropout(model)
         train_dataset = prepare_dataset(train_dataset, processing_class, args)
-        if eval_dataset is not None:
-            eval_dataset = prepare_dataset(eval_dataset, processing_class, args)
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {name: prepare_dataset(d, processing_class, args, i + 1)
+                            for i, (name, d) in enumerate(eval_dataset.items())}  # fmt: skip
+        elif eval_dataset is not None:
+            eval_dataset = prepare_dataset(eval_dataset, processing_class, args, 1)
         super().__init__(
             model=model,
             args=args,
@@ -189,9 +195,11 @@ class TIDPOTrainer(Trainer):
         self._fused: bool | None = None  # log-probs from hidden states (None: not checked yet)
         self._fused_checked = False
         self.ref_model: nn.Module | None = None
-        self.ref_cache: ReferenceCache | None = None
+        self.ref_caches: dict[int, ReferenceCache] = {}  # by dataset_id
         if args.uses_reference:
-            self._setup_reference(ref_model, train_dataset)
+            evals = eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset}
+            datasets = [train_dataset, *(d for d in evals.values() if d is not None)]
+            self._setup_reference(ref_model, datasets)
         self.anchor_sampler: AnchorSampler | None = None
         if args.uses_triplet and args.anchor_source == "policy":
             eos = processing_class.eos_token_id
@@ -207,7 +215,13 @@ class TIDPOTrainer(Trainer):
             )
 
     # ----------------------------------------------------------------------------- reference
-    def _setup_reference(self, ref_model: nn.Module | None, train_dataset: Dataset) -> None:
+    @property
+    def ref_cache(self) -> ReferenceCache | None:
+        """The precomputed reference log-probs of the training set (None when not precomputed)."""
+        return self.ref_caches.get(0)
+
+    def _setup_reference(self, ref_model: nn.Module | None, datasets: list[Dataset]) -> None:
+        """The live reference model and, with ``precompute_ref``, one cache per dataset."""
         args = self.args
         policy: nn.Module = self.model  # type: ignore[assignment]
         if ref_model is None and not self.is_peft:
@@ -220,7 +234,8 @@ class TIDPOTrainer(Trainer):
                 p.requires_grad_(False)
             ref_model = ref_model.to(args.device)
         if args.precompute_ref:
-            self.ref_cache = self._build_cache(ref_model, train_dataset)
+            for ds in datasets:
+                self.ref_caches[int(ds[0]["dataset_id"])] = self._build_cache(ref_model, ds)
             # Live anchors still need pi_ref for their own tokens (only those rows run).
             if not args.uses_triplet:
                 ref_model = None
@@ -234,17 +249,23 @@ class TIDPOTrainer(Trainer):
         extra = f"{self.args.max_length}:{self.accelerator.mixed_precision}"  # bf16 logps differ
         key = f"{model_fingerprint(source)}-{data_fingerprint(ds, extra)}"
         path = cache_dir() / "ref-logps" / f"{key}.safetensors"
-        if path.exists():
-            return ReferenceCache.load(path)
+        # The main process builds and writes the cache; the others wait, then read its file.
+        with self.args.main_process_first(desc="reference cache"):
+            if path.exists():
+                return ReferenceCache.load(path)
+            return self._write_cache(source, ref_model is None, ds, path)
+
+    def _write_cache(
+        self, source: nn.Module, disable_adapter: bool, ds: Dataset, path: Path
+    ) -> ReferenceCache:
+        """Run the reference over ``ds`` once and save the log-probs at ``path``."""
         loader = torch.utils.data.DataLoader(
             ds, batch_size=max(1, self.args.per_device_train_batch_size),
             collate_fn=self.data_collator, shuffle=False,
         )  # fmt: skip
         with self.autocast_context():
-            cache = ReferenceCache.build(
-                source.to(self.args.device), iter(loader), len(ds),
-                disable_adapter=ref_model is None, fused=True,
-            )  # fmt: skip
+            cache = ReferenceCache.build(source.to(self.args.device), iter(loader), len(ds),
+                                         disable_adapter=disable_adapter, fused=True)  # fmt: skip
         cache.save(path)
         return cache
 
@@ -254,16 +275,27 @@ class TIDPOTrainer(Trainer):
         reference forward, the reference cache and the output head use it explicitly."""
         return self.accelerator.autocast()
 
+    @staticmethod
+    def _row_key(inputs: dict[str, Tensor]) -> tuple[int, Tensor] | None:
+        """``(dataset_id, idx)`` of the batch's rows (one dataset per batch), or None."""
+        if "idx" not in inputs or "dataset_id" not in inputs:
+            return None
+        ids = inputs["dataset_id"]
+        if ids.numel() == 0 or bool((ids != ids[0]).any()):
+            return None
+        return int(ids[0]), inputs["idx"]
+
     def _reference_logps(self, model: nn.Module, ids: Tensor, am: Tensor, span: Tensor,
-                         idx: Tensor | None = None, need_logits: bool = False,
+                         key: tuple[int, Tensor] | None = None, need_logits: bool = False,
                          ) -> tuple[Tensor, Tensor | None]:  # fmt: skip
         """Per-token reference log-probs ``[N, L-1]`` (and logits when ``need_logits``).
 
-        Rows with a dataset ``idx`` come from the precomputed cache when there is one; other rows
-        (anchors: new text) run through the live reference.
+        Rows of a dataset with a precomputed cache (``key`` = its id and the rows' indices) come
+        from that cache; other rows (anchors: new text) run through the live reference.
         """
-        if self.ref_cache is not None and idx is not None:
-            return self.ref_cache.lookup(idx, span), None
+        cache = self.ref_caches.get(key[0]) if key is not None else None
+        if cache is not None and key is not None:
+            return cache.lookup(key[1], span), None
         live, fused = self.ref_model, self._fused is not False
         live = live if live is not None else self.accelerator.unwrap_model(model)
         with self.autocast_context():
@@ -322,48 +354,50 @@ class TIDPOTrainer(Trainer):
         mode = "train" if model.training else "eval"
         ids, am, rm = inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"]
         b = ids.shape[0] // 2
-        need_logits = cfg.loss == "tdpo" or cfg.tdpo_alpha > 0
+        need_logits = cfg.needs_full_logits
+        # Two spans: log-probs, margin and KL run over the response labels (shifted); weights
+        # are placed over the weight span (unshifted; the whole sequence for weight_span
+        # "sequence"), see `StepTensors`.
         response = rm[:, 1:]
-        span = response if cfg.weight_span == "response" else am[:, 1:]
         seq_kl = ref_lp = anchors = None
+        rows = self._row_key(inputs)
         # One autocast region for the whole step's forwards (sampling included), so autocast
         # casts the policy's weights once per step rather than once per forward call.
         with self.autocast_context():
             if cfg.uses_triplet and self.anchor_sampler is not None:  # stale rows are sampled
                 policy = self.accelerator.unwrap_model(model)
-                anchors = self.anchor_sampler.rows(policy, inputs, self.state.global_step)
+                anchors = self.anchor_sampler.rows(policy, inputs, self.state.global_step, rows)
             elif cfg.uses_triplet:
                 anchors = (inputs["anchor_input_ids"], inputs["anchor_attention_mask"],
                            inputs["anchor_response_mask"])  # fmt: skip
             # Chosen and rejected rows: one forward (attribution reuses its graph below).
             fwd = self._forward(model, ids, am, cfg.needs_attribution, need_logits)
-            policy_lp = self._logps(fwd, ids, span)
+            policy_lp = self._logps(fwd, ids, response)
             if cfg.uses_reference:
-                idx = inputs.get("idx")
-                ref_lp, ref_logits = self._reference_logps(model, ids, am, span, idx, need_logits)
+                ref_lp, ref_logits = self._reference_logps(model, ids, am, response, rows,
+                                                           need_logits)  # fmt: skip
                 if ref_logits is not None and fwd.head is None:
-                    seq_kl = F.sequential_kl(fwd.logits[:, :-1], ref_logits, span)
+                    seq_kl = F.sequential_kl(fwd.logits[:, :-1], ref_logits, response)
             if anchors is not None:
                 # Anchor rows: a forward of their own, at their own (usually shorter) width.
                 a_ids, a_am, a_rm = anchors
                 a_resp = a_rm[:, 1:]
-                a_span = a_resp if cfg.weight_span == "response" else a_am[:, 1:]
-                a_lp = self._logps(self._forward(model, a_ids, a_am, False, False), a_ids, a_span)
-                policy_lp, span = _stack(policy_lp, a_lp), _stack(span, a_span)
-                response = _stack(response, a_resp)
+                a_lp = self._logps(self._forward(model, a_ids, a_am, False, False), a_ids, a_resp)
+                policy_lp, response = _stack(policy_lp, a_lp), _stack(response, a_resp)
                 if ref_lp is not None:
-                    ref_lp = _stack(ref_lp, self._reference_logps(model, a_ids, a_am, a_span)[0])
+                    ref_lp = _stack(ref_lp, self._reference_logps(model, a_ids, a_am, a_resp)[0])
         scores = None
         if cfg.needs_attribution:  # Eq. 5-6: max logit at each row's last real position
             fused = fwd.head is not None  # then the forward projected those positions only
             target = fwd.logits.max(-1).values if fused else F.last_token_max_logit(fwd.logits, am)
-            scores = F.attribution_from_graph(target, fwd.embeds, am)[:, 1:]
-            scores = nn.functional.pad(scores, (0, span.shape[1] - scores.shape[1]))
+            scores = F.attribution_from_graph(target, fwd.embeds, am)
         gen = None
         if cfg.loss == "tidpo" and cfg.weighting == "random":
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.state.global_step)
-        tensors = StepTensors(policy_lp, ref_lp, span, response, scores, seq_kl)
-        loss, metrics = step_loss(cfg, tensors, b, gen)
+        wspan = weight_span_mask(am, rm, cfg.weight_span)
+        tensors = StepTensors(policy_lp, ref_lp, response, wspan, scores, seq_kl)
+        details: dict[str, Tensor] = {}
+        loss, metrics = step_loss(cfg, tensors, b, gen, details if return_outputs else None)
         if mode == "train" and not torch.isfinite(loss):
             # No update from this batch: a zero loss that still reaches every trainable
             # parameter (so DDP's reducer is satisfied), then the guard drops the gradients.
@@ -373,7 +407,8 @@ class TIDPOTrainer(Trainer):
                        torch.zeros((), device=ids.device)) * 0.0  # fmt: skip
         for key, value in metrics.items():
             self._metrics[mode][key].append(value)
-        return (loss, {"logits": fwd.logits, "policy_logps": policy_lp}) if return_outputs else loss
+        outputs = {"logits": fwd.logits, "policy_logps": policy_lp, **details}
+        return (loss, outputs) if return_outputs else loss
 
     def prediction_step(
         self,
