@@ -102,7 +102,7 @@ def train(
             if isinstance(parsed, bool) and raw.strip().lower() not in ("true", "false"):
                 parsed = raw.strip()
             try:
-                check_value(key.strip(), parsed)
+                parsed = check_value(key.strip(), parsed)
             except TidpoError as err:
                 raise TidpoError(f"--set {item}: {err}") from None
             values[key.strip()] = parsed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -13,8 +14,9 @@ LOSSES = ("tidpo", "dpo", "cdpo", "ipo", "hinge", "robust", "simpo", "tdpo")
 WEIGHTINGS = ("hybrid", "attribution", "prior", "uniform", "random", "softmax_prior")
 PRESETS = ("paper", "released")
 
-# The released code's values (config/loss/tidpo.yaml), applied by preset="released" to every field
-# still at its paper default (a value the user set explicitly is kept).
+# The released code's values (its config/loss/tidpo.yaml and trainer: RMSprop, warm-up then a
+# constant rate, gradient clipping 10, 64-token anchors), applied by preset="released" to every
+# field the user did not set (a value set explicitly is kept, even one equal to a default).
 RELEASED: dict[str, Any] = {
     "beta": 0.2,
     "importance_lambda": 0.2,
@@ -27,8 +29,24 @@ RELEASED: dict[str, Any] = {
     "optim": "rmsprop",
     "learning_rate": 5e-6,
     "warmup_steps": 150,
+    "lr_scheduler_type": "constant_with_warmup",
     "max_grad_norm": 10.0,
+    "anchor_max_new_tokens": 64,
+    "anchor_top_k": 50,
+    "anchor_top_p": 0.95,
+    "anchor_temperature": 0.8,
 }
+PRESET_VALUES: dict[str, dict[str, Any]] = {"paper": {}, "released": RELEASED}
+
+
+def merge_values(user: dict[str, Any], job_defaults: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for `TIDPOConfig`: a job's defaults, then the preset, then the user's.
+
+    ``job_defaults`` (e.g. the CLI's 10-minute budget) yield to the preset's values; the user's
+    ``user`` values win over both.
+    """
+    preset = PRESET_VALUES.get(str(user.get("preset", "paper")), {})
+    return {**{k: v for k, v in job_defaults.items() if k not in preset}, **user}
 
 
 class ConfigError(TidpoError, ValueError):
@@ -90,11 +108,10 @@ class TIDPOConfig(TrainingArguments):
 
     def __post_init__(self) -> None:
         _choice("preset", self.preset, PRESETS)
-        if self.preset == "released":
-            defaults = {f.name: f.default for f in fields(TIDPOConfig)}
-            for key, value in RELEASED.items():
-                if getattr(self, key) == defaults.get(key):
-                    setattr(self, key, value)
+        explicit: frozenset[str] = getattr(self, "_explicit_fields", frozenset())
+        for key, value in PRESET_VALUES[self.preset].items():
+            if key not in explicit:
+                setattr(self, key, value)
         self.validate_tidpo()
         super().__post_init__()
 
@@ -124,13 +141,24 @@ class TIDPOConfig(TrainingArguments):
         _check("anchor_refresh_steps", self.anchor_refresh_steps >= 1, ">= 1",
                self.anchor_refresh_steps)  # fmt: skip
         _check("max_length", self.max_length >= 2, ">= 2", self.max_length)
-        if self.loss == "tdpo" and self.precompute_ref:
-            raise ConfigError("precompute_ref: loss 'tdpo' needs full reference logits (no cache)")
+        if self.precompute_ref and self.needs_full_logits:
+            why = "loss 'tdpo'" if self.loss == "tdpo" else f"tdpo_alpha={self.tdpo_alpha}"
+            raise ConfigError(
+                f"precompute_ref: {why} needs the reference's full logits at every step (the "
+                "sequential KL), which the cache does not hold; set precompute_ref=false or "
+                "tdpo_alpha=0"
+            )
 
     @property
     def uses_triplet(self) -> bool:
         """Whether the triplet term (Eq. 13-14) is part of the objective."""
         return self.loss == "tidpo" and self.gamma > 0 and self.anchor_source != "none"
+
+    @property
+    def needs_full_logits(self) -> bool:
+        """Whether the step needs ``[N, L, V]`` logits of policy and reference (the sequential
+        KL of TDPO and of the weighted TDPO2 term); otherwise log-probs come from the fused head."""
+        return self.loss == "tdpo" or (self.loss == "tidpo" and self.tdpo_alpha > 0)
 
     @property
     def uses_reference(self) -> bool:
@@ -146,3 +174,23 @@ class TIDPOConfig(TrainingArguments):
         """The TI-DPO fields only (for config.yaml and reports)."""
         own = {f.name for f in fields(TIDPOConfig)} - {f.name for f in fields(TrainingArguments)}
         return {name: getattr(self, name) for name in sorted(own)}
+
+
+def _record_explicit_fields(cls: type[TIDPOConfig]) -> None:
+    """Wrap the dataclass ``__init__`` so each instance knows which fields its caller passed.
+
+    A preset fills only the fields not passed: a value the user sets explicitly is never
+    overwritten, even when it equals the default.
+    """
+    init = cls.__init__
+    names = [f.name for f in fields(cls) if f.init]
+
+    @functools.wraps(init)
+    def __init__(self: TIDPOConfig, *args: Any, **kwargs: Any) -> None:
+        self._explicit_fields = frozenset(names[: len(args)]) | frozenset(kwargs)  # type: ignore[attr-defined]
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+
+
+_record_explicit_fields(TIDPOConfig)

@@ -27,7 +27,7 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
-from tidpo.config import TIDPOConfig
+from tidpo.config import TIDPOConfig, merge_values
 from tidpo.errors import TidpoError
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ def load_yaml_config(path: Path) -> dict[str, Any]:
             raise RunError(f"{path}: unknown config key {key!r}")
         if key in _config_fields():
             try:
-                check_value(key, value)
+                data[key] = check_value(key, value)
             except RunError as err:
                 raise RunError(f"{path}: {err}") from None
     return data
@@ -136,8 +136,23 @@ def _accepts(hint: Any, value: Any) -> bool | None:
     return None
 
 
-def check_value(key: str, value: Any) -> None:
-    """Raise `RunError` naming ``key`` when it is no config field or ``value`` has the wrong type.
+def _as_number(hint: Any, value: Any) -> Any:
+    """``value`` read as a number when it is text such as ``2e-5`` and the field takes a number.
+
+    YAML 1.1 (PyYAML) reads ``2e-5`` (no dot) as text, where users mean a number.
+    """
+    if not isinstance(value, str) or _accepts(hint, 1.5) is not True or _accepts(hint, value):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def check_value(key: str, value: Any) -> Any:
+    """``value`` checked for the config field ``key`` (and read as a number where text such as
+    ``2e-5`` stands for one); raises `RunError` naming ``key`` when it is no config field or
+    ``value`` has the wrong type.
 
     Types come from the field annotations (a number field takes a number, a flag true or false,
     a text field text); values of other types (enums, lists) are left to `TIDPOConfig`.
@@ -146,17 +161,19 @@ def check_value(key: str, value: Any) -> None:
     if key not in hints or key not in _config_fields():
         raise RunError(f"unknown config key {key!r}")
     hint = hints[key]
+    value = _as_number(hint, value)
     if _accepts(hint, value) is False:
         args = typing.get_args(hint) or (hint,)
         kind = " or ".join(_KINDS[a] for a in args if a in _KINDS)
         raise RunError(f"{key}: must be {kind}; got {value!r}")
+    return value
 
 
 def build_config(opts: RunOptions, output_dir: Path) -> TIDPOConfig:
-    """DEFAULTS, then the user's config values; `TIDPOConfig` validates and names bad fields."""
-    for key, value in opts.config.items():
-        check_value(key, value)
-    values = {**DEFAULTS, **opts.config}
+    """DEFAULTS, then the preset's values, then the user's; `TIDPOConfig` validates and names
+    bad fields."""
+    user = {key: check_value(key, value) for key, value in opts.config.items()}
+    values = merge_values(user, DEFAULTS)
     if not torch.cuda.is_available():
         values["use_cpu"] = True
     values["output_dir"] = str(output_dir)
@@ -213,6 +230,7 @@ def run_training(opts: RunOptions, console: Console | None = None) -> Path:
     procs = f", {cfg.world_size} processes" if cfg.world_size > 1 else ""
     say(f"[bold]tidpo train[/]: model {escape(str(model_path))}, data {escape(str(data_path))}, "
         f"loss {cfg.loss}{procs}", soft_wrap=True)  # fmt: skip
+    say(escape(describe_optimisation(cfg)), soft_wrap=True)
     tokenizer = load_tokenizer(model_path, trust_remote_code=opts.trust_remote_code)
     ds = load_preferences(data_path)  # data first: a bad row stops the run before the model loads
     try:
@@ -268,6 +286,26 @@ def run_training(opts: RunOptions, console: Console | None = None) -> Path:
         report.after(final, base, tokenizer)
     say(f"[green]done[/]: {escape(str(out))}")
     return out
+
+
+def _name(value: Any) -> str:
+    """An enum's value (transformers' ``OptimizerNames``, ``SchedulerType``) or the text itself."""
+    return str(getattr(value, "value", value))
+
+
+def describe_optimisation(cfg: TIDPOConfig) -> str:
+    """One line: preset, optimiser, schedule, clipping and anchor sampling of a run."""
+    anchors = (
+        f"anchors up to {cfg.anchor_max_new_tokens} tokens (top_k {cfg.anchor_top_k}, "
+        f"top_p {cfg.anchor_top_p}, temperature {cfg.anchor_temperature})"
+        if cfg.uses_triplet and cfg.anchor_source == "policy"
+        else f"anchors: {cfg.anchor_source if cfg.uses_triplet else 'none'}"
+    )
+    return (
+        f"preset {cfg.preset}: optimiser {_name(cfg.optim)}, learning rate {cfg.learning_rate:g}, "
+        f"schedule {_name(cfg.lr_scheduler_type)} after {cfg.warmup_steps:g} warm-up steps, "
+        f"gradient clipping {cfg.max_grad_norm:g}, {anchors}"
+    )
 
 
 def _report_job(opts: RunOptions, out: Path, cfg: TIDPOConfig, console: Console) -> Any:
