@@ -212,3 +212,37 @@ def test_command_reports_errors_with_exit_code_2() -> None:
     result = CliRunner().invoke(app, ["experiment", "nonsense"])
     assert result.exit_code == 2
     assert "study" in result.output
+
+
+def test_real_pairs_come_only_from_real_data(tmp_path: Path, tiny_model_dir: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    rows = [{"prompt": f"Question {i}?", "chosen": f"A kind answer {i}.",
+             "rejected": f"Go away {i}."} for i in range(3)]  # fmt: skip
+    (real / "mine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    quiet = Console(quiet=True)
+    got = run_experiment("importance", model=str(tiny_model_dir), seeds=1, budget="tiny",
+                         out=tmp_path / "a", console=quiet, real_data=real)  # fmt: skip
+    assert set(got["importance"]["datasets"]) == {"bundled test", "mine"}
+    none = run_experiment("importance", model=str(tiny_model_dir), seeds=1, budget="tiny",
+                          out=tmp_path / "b", console=Console(quiet=True))  # fmt: skip
+    assert set(none["importance"]["datasets"]) == {"bundled test"}
+    with pytest.raises(ExperimentError, match="--real-data"):
+        run_experiment("importance", model=str(tiny_model_dir), real_data=tmp_path / "nope",
+                       out=tmp_path / "c", console=Console(quiet=True))  # fmt: skip
+
+
+def test_no_module_reads_outside_the_package() -> None:
+    """No path is built from the package's own location (``__file__``) or names ``shared``:
+    an installed tidpo reads only its own files and the paths it is given."""
+    import ast
+
+    import tidpo
+
+    root = Path(tidpo.__file__).parent
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            assert not (isinstance(node, ast.Name) and node.id == "__file__"), path
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert "shared" not in node.value.split("/"), path

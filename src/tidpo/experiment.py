@@ -156,11 +156,13 @@ class Experiment:
         seeds: Sequence[int],
         budget: Budget,
         console: Console,
+        real_data: Path | None = None,
     ) -> None:
         from tidpo.models import load_tokenizer, resolve_model
         from tidpo.run import bundled_dataset
 
         self.out, self.seeds, self.budget, self.console = out, list(seeds), budget, console
+        self.real_data = real_data
         self.model_path = resolve_model(model)
         self.train_path = Path(dataset) if dataset else bundled_dataset("train")
         self.test_path = bundled_dataset("test")
@@ -294,7 +296,8 @@ class Experiment:
         }
 
     def importance(self) -> dict[str, Any]:
-        """The importance study on the test split and, when present, the shared real pairs."""
+        """The importance study on the test split and the real pairs of ``--real-data DIR``
+        (every ``*.jsonl`` file there), when given."""
         from tidpo.importance_study import importance_rows, real_pairs
 
         def work() -> dict[str, Any]:
@@ -303,8 +306,8 @@ class Experiment:
             sets: dict[str, list[dict[str, Any]]] = {
                 "bundled test": load_rows(self.test_path, self.budget.importance_limit)
             }
-            shared = Path(__file__).resolve().parents[3] / "shared" / "data"
-            for file in sorted(shared.glob("*.jsonl")):
+            files = sorted(self.real_data.glob("*.jsonl")) if self.real_data else []
+            for file in files:
                 pairs = real_pairs(file, self.budget.real_pairs, self.seeds[0])
                 if pairs:
                     sets[file.stem] = pairs
@@ -333,8 +336,12 @@ def run_experiment(
     eval_limit: int | None = None,
     console: Console | None = None,
     report_only: bool = False,
+    real_data: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run ``study`` (ablation, noise, importance or all); write experiment.md/json and plots.
+
+    ``real_data``: a folder of real preference pairs (``*.jsonl``) for the importance study;
+    nothing outside the package is read unless it is given.
 
     ``report_only`` writes the tables from the results already there without running the missing
     steps (they are listed as ``missing``). Returns the summary (also ``experiment.json``).
@@ -345,6 +352,8 @@ def run_experiment(
         raise ExperimentError(f"budget: must be one of small, medium; got {budget!r}")
     if seeds < 1:
         raise ExperimentError(f"seeds: must be at least 1; got {seeds}")
+    if real_data is not None and not Path(real_data).is_dir():
+        raise ExperimentError(f"--real-data: {real_data} is not a folder")
     chosen = BUDGETS[budget]
     if max_steps is not None:
         chosen = dataclasses.replace(chosen, max_steps=max_steps)
@@ -353,7 +362,8 @@ def run_experiment(
     console = console or Console()
     studies = list(STUDIES) if study == "all" else [study]
     started = time.perf_counter()
-    exp = Experiment(model, dataset, Path(out), range(seeds), chosen, console)
+    exp = Experiment(model, dataset, Path(out), range(seeds), chosen, console,
+                     Path(real_data) if real_data is not None else None)  # fmt: skip
     exp.report_only = report_only
     console.print(
         f"[bold]tidpo experiment {study}[/]: model {escape(str(exp.model_path))}, "

@@ -13,7 +13,7 @@ separately and their scores averaged per pair.
 The baseline is a uniformly random ranking, scored by its exact expectation
 (:func:`random_expectation`), so it carries no sampling noise.
 
-Critical words: the bundled rows name them (``critical``). The real pairs in ``../shared/data``
+Critical words: the bundled rows name them (``critical``). The real pairs of ``--real-data DIR``
 have none; there a response's critical words are its words that do not occur in the other response
 (:func:`difference_critical`), a proxy: for two unrelated answers nearly every word is "critical",
 which the random baseline then shows.

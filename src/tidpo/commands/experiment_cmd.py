@@ -38,6 +38,10 @@ def experiment_command(
     eval_limit: Annotated[
         int | None, typer.Option(help="Override the budget's number of test rows.")
     ] = None,
+    real_data: Annotated[
+        Path | None,
+        typer.Option(help="Folder of real preference pairs (*.jsonl) for the importance study."),
+    ] = None,
     report_only: Annotated[
         bool, typer.Option(help="Write the tables from finished arms; run nothing.")
     ] = False,
@@ -58,6 +62,7 @@ def experiment_command(
             eval_limit=eval_limit,
             report_only=report_only,
             console=console,
+            real_data=real_data,
         )
     except TidpoError as err:
         console.print(f"[red]error[/]: {err}")
