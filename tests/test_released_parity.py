@@ -71,7 +71,8 @@ def models(request: pytest.FixtureRequest, tiny_model_dir: Path) -> tuple[Any, A
 
 def _trainer(tmp_path: Path, policy: Any, ref: Any, tok: Any) -> TIDPOTrainer:
     cfg = TIDPOConfig(output_dir=str(tmp_path), preset="released", anchor_source="column",
-                      use_cpu=True, max_length=96, report_to="none", seed=0)  # fmt: skip
+                      use_cpu=True, max_length=96, report_to="none", seed=0,
+                      precision="fp32")  # fmt: skip
     return TIDPOTrainer(model=policy, args=cfg, train_dataset=Dataset.from_list(ROWS),
                         processing_class=tok, ref_model=ref)  # fmt: skip
 

@@ -51,6 +51,8 @@ def _config(tmp_path: Path, **kw: Any) -> TIDPOConfig:
         report_to="none",
         disable_tqdm=True,
     )
+    if not {"bf16", "fp16", "precision"} & set(kw):  # the same numbers on every machine
+        base["precision"] = "fp32"  # (auto would follow the CPU's bf16 support)
     base.update(kw)
     return TIDPOConfig(**base)
 

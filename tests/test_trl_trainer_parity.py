@@ -37,7 +37,7 @@ def test_dpo_loss_logs_match_trl(tiny_model_dir: Path, tmp_path: Path) -> None:
     cfg = TIDPOConfig(
         output_dir=str(tmp_path / "tidpo"), use_cpu=True, loss="dpo", beta=0.1, max_steps=2,
         logging_steps=1, learning_rate=1e-3, per_device_train_batch_size=N_PAIRS, seed=0,
-        save_strategy="no", disable_tqdm=True, max_length=1024,
+        save_strategy="no", disable_tqdm=True, max_length=1024, precision="fp32",
     )  # fmt: skip
     ours = TIDPOTrainer(model=policy, args=cfg, train_dataset=tokenized, processing_class=tok,
                         ref_model=reference)  # fmt: skip

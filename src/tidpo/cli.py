@@ -57,6 +57,10 @@ def train(
         str | None, typer.Option(help="hybrid|attribution|prior|uniform|random|softmax_prior")
     ] = None,
     preset: Annotated[str | None, typer.Option(help="paper (default) | released")] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="auto (default: bf16 where native, else fp32) | fp32 | bf16 | fp16"),
+    ] = None,
     lora: Annotated[
         bool, typer.Option(help="Train LoRA adapters (peft) instead of all weights.")
     ] = False,
@@ -106,7 +110,8 @@ def train(
             except TidpoError as err:
                 raise TidpoError(f"--set {item}: {err}") from None
             values[key.strip()] = parsed
-        flags = {"loss": loss, "weighting": weighting, "preset": preset, "max_steps": max_steps}
+        flags = {"loss": loss, "weighting": weighting, "preset": preset, "max_steps": max_steps,
+                 "precision": precision}  # fmt: skip
         values.update({k: v for k, v in flags.items() if v is not None})
         opts = RunOptions(
             model=model or run_values.get("model"),

@@ -9,9 +9,12 @@ from typing import Any
 from transformers import TrainingArguments
 
 from tidpo.errors import TidpoError
+from tidpo.precision import Precision, PrecisionError, choose_precision
 
 LOSSES = ("tidpo", "dpo", "cdpo", "ipo", "hinge", "robust", "simpo", "tdpo")
 WEIGHTINGS = ("hybrid", "attribution", "prior", "uniform", "random", "softmax_prior")
+SPECIAL_TOKENS = ("attribute", "prior", "mean")
+ATTRIBUTION_TARGETS = ("max_logit", "response_logprob")
 PRESETS = ("paper", "released")
 
 # The released code's values (its config/loss/tidpo.yaml and trainer: RMSprop, warm-up then a
@@ -78,6 +81,20 @@ class TIDPOConfig(TrainingArguments):
     weight_scale: str = field(default="mean", metadata={"help": "mean (avg 1) | sum (sum 1)."})
     weight_span: str = field(default="response", metadata={"help": "response | sequence."})
     weighting: str = field(default="hybrid", metadata={"help": "|".join(WEIGHTINGS)})
+    special_tokens: str = field(
+        default="attribute",
+        metadata={"help": "Special tokens (end of turn): attribute (paper) | prior | mean."},
+    )
+    weight_cap: float | None = field(
+        default=None, metadata={"help": "Cap any token's weight at this multiple of the mean."}
+    )
+    attribution_target: str = field(
+        default="max_logit",
+        metadata={"help": "max_logit (Eq. 5, paper) | response_logprob."},
+    )
+    triplet_distance: str = field(
+        default="sum", metadata={"help": "sum (Eq. 13, paper) | mean (per aligned token)."}
+    )
     gamma: float = field(default=0.1, metadata={"help": "Triplet loss weight (Eq. 14)."})
     triplet_margin: float = field(default=0.1, metadata={"help": "Triplet margin (Eq. 13)."})
     tdpo_alpha: float = field(default=0.0, metadata={"help": "Weighted TDPO2 KL term alpha."})
@@ -103,6 +120,10 @@ class TIDPOConfig(TrainingArguments):
         default=False, metadata={"help": "Cache reference log-probs on disk before training."}
     )
     preset: str = field(default="paper", metadata={"help": "paper | released."})
+    precision: str = field(
+        default="auto",
+        metadata={"help": "auto (bf16 where the hardware runs it natively) | fp32 | bf16 | fp16."},
+    )
     remove_unused_columns: bool = field(default=False)
     report_to: Any = field(default="none")
 
@@ -113,12 +134,39 @@ class TIDPOConfig(TrainingArguments):
             if key not in explicit:
                 setattr(self, key, value)
         self.validate_tidpo()
+        self._resolve_precision(explicit)
         super().__post_init__()
+
+    def _resolve_precision(self, explicit: frozenset[str]) -> None:
+        """Set ``bf16``/``fp16`` from ``precision`` (`tidpo.precision.choose_precision`).
+
+        ``bf16=True`` or ``fp16=True`` passed explicitly (TrainingArguments' own switches) stand
+        for that precision; combined with a different explicit ``precision`` they are an error.
+        """
+        flags = {"bf16", "fp16"} & explicit
+        from_flags = "bf16" if self.bf16 else "fp16" if self.fp16 else "fp32"
+        requested = self.precision
+        if flags and "precision" in explicit and requested not in ("auto", from_flags):
+            raise ConfigError(f"precision: {requested!r} contradicts {', '.join(sorted(flags))}")
+        if flags and requested == "auto":
+            requested = from_flags
+        try:
+            choice = choose_precision(requested, use_cpu=bool(self.use_cpu))
+        except PrecisionError as err:
+            raise ConfigError(str(err)) from None
+        self.bf16, self.fp16 = choice.name == "bf16", choice.name == "fp16"
+        self.precision_choice: Precision = choice
 
     def validate_tidpo(self) -> None:
         """Raise `ConfigError` naming the first invalid TI-DPO field."""
         _choice("loss", self.loss, LOSSES)
         _choice("weighting", self.weighting, WEIGHTINGS)
+        _choice("special_tokens", self.special_tokens, SPECIAL_TOKENS)
+        _choice("attribution_target", self.attribution_target, ATTRIBUTION_TARGETS)
+        _choice("triplet_distance", self.triplet_distance, ("sum", "mean"))
+        if self.weight_cap is not None:
+            _check("weight_cap", self.weight_cap >= 1, ">= 1 (a multiple of the mean weight)",
+                   self.weight_cap)  # fmt: skip
         _choice("weight_scale", self.weight_scale, ("mean", "sum"))
         _choice("weight_span", self.weight_span, ("response", "sequence"))
         _choice("anchor_source", self.anchor_source, ("policy", "column", "none"))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import tempfile
@@ -54,6 +55,7 @@ from tidpo.diversity import (
     self_bleu,
 )
 from tidpo.errors import TidpoError
+from tidpo.precision import Precision, choose_precision
 from tidpo.reference import forward_logps
 
 if TYPE_CHECKING:
@@ -346,8 +348,12 @@ def evaluate_paths(
     settings: EvalSettings | None = None,
     trust_remote_code: bool = False,
     progress: ProgressFn | None = None,
+    precision: Precision | None = None,
 ) -> dict[str, Any]:
     """Load the model(s) and rows from disk, :func:`evaluate`, and write ``out_dir/eval.json``.
+
+    ``precision`` (`tidpo.precision.choose_precision`, default: ``auto``) gives the device the
+    models are placed on and the autocast every forward runs in.
 
     ``model_path``/``ref_path`` are anything :func:`tidpo.models.resolve_model` accepts (None or
     ``"default"``: SmolLM2-135M-Instruct); ``dataset_path`` defaults to the bundled test split
@@ -361,25 +367,23 @@ def evaluate_paths(
     if str(dataset_path) in ("train", "test") and not data.exists():
         data = bundled_dataset(str(dataset_path))
     rows = load_rows(data, limit)
+    choice = precision or choose_precision("auto")
     path = resolve_model(model_path)
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-    model = load_causal_lm(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    load = functools.partial(load_causal_lm, dtype=torch.float32, device=choice.device,
+                             trust_remote_code=trust_remote_code)  # fmt: skip
+    model = load(path)
     ref_model = ref_tokenizer = None
     ref = resolve_model(ref_path) if ref_path is not None else None
     if ref is not None and ref.resolve() == path.resolve():
         ref_model, ref_tokenizer = model, tokenizer
     elif ref is not None:
         ref_tokenizer = load_tokenizer(ref, trust_remote_code=trust_remote_code)
-        ref_model = load_causal_lm(ref, dtype=torch.float32, trust_remote_code=trust_remote_code)
-    result = evaluate(
-        model,
-        tokenizer,
-        rows,
-        ref_model,
-        ref_tokenizer=ref_tokenizer,
-        settings=settings,
-        progress=progress,
-    )
+        ref_model = load(ref)
+    with choice.autocast():
+        result = evaluate(model, tokenizer, rows, ref_model, ref_tokenizer=ref_tokenizer,
+                          settings=settings, progress=progress)  # fmt: skip
+    result["settings"]["precision"] = choice.name
     paths = {"model": str(path), "ref_model": str(ref) if ref else None, "dataset": str(data)}
     result["settings"] = {**paths, "limit": limit, **result["settings"]}
     if out_dir is not None:

@@ -34,6 +34,7 @@ from tidpo.errors import TidpoError
 from tidpo.evaluation import EvalSettings, evaluate, reward_stats, win_rate, write_json_atomic
 from tidpo.experiment_report import PAPER, write_report
 from tidpo.models import load_causal_lm
+from tidpo.precision import Precision, choose_precision
 
 __all__ = [
     "ARMS",
@@ -157,12 +158,14 @@ class Experiment:
         budget: Budget,
         console: Console,
         real_data: Path | None = None,
+        precision: Precision | None = None,
     ) -> None:
         from tidpo.models import load_tokenizer, resolve_model
         from tidpo.run import bundled_dataset
 
         self.out, self.seeds, self.budget, self.console = out, list(seeds), budget, console
         self.real_data = real_data
+        self.precision = precision or choose_precision("auto")
         self.model_path = resolve_model(model)
         self.train_path = Path(dataset) if dataset else bundled_dataset("train")
         self.test_path = bundled_dataset("test")
@@ -185,7 +188,8 @@ class Experiment:
     def base(self) -> Any:
         """The untrained model (kept in memory: it is the reference of every evaluation)."""
         if self._base is None:
-            self._base = load_causal_lm(self.model_path, dtype=torch.float32)
+            self._base = load_causal_lm(self.model_path, dtype=torch.float32,
+                                        device=self.precision.device)  # fmt: skip
         return self._base
 
     def step(self, name: str, path: Path, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -201,7 +205,8 @@ class Experiment:
             return {}
         self.console.print(f"[bold]{escape(name)}[/] ...")
         started = time.perf_counter()
-        result = work()
+        with self.precision.autocast():
+            result = work()
         result["elapsed_s"] = round(time.perf_counter() - started, 2)
         result["finished_at"] = time.time()
         write_json_atomic(result, path)
@@ -254,7 +259,7 @@ class Experiment:
             data.write_text(
                 "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
             )
-        config = _train_config(self.budget, arm, seed)
+        config = {**_train_config(self.budget, arm, seed), "precision": self.precision.name}
         run_dir = folder / "run"
         started = time.perf_counter()
         opts = RunOptions(
@@ -267,7 +272,8 @@ class Experiment:
         )
         run_training(opts, console=Console(quiet=True))
         train_s = time.perf_counter() - started
-        model = load_causal_lm(run_dir / "model", dtype=torch.float32)
+        model = load_causal_lm(run_dir / "model", dtype=torch.float32,
+                               device=self.precision.device)  # fmt: skip
         rows = self.eval_rows()
         reward = reward_stats(model, self.base(), self.tokenizer, rows, self.settings)
         res = evaluate(model, self.tokenizer, rows, settings=self.settings)
@@ -337,6 +343,7 @@ def run_experiment(
     console: Console | None = None,
     report_only: bool = False,
     real_data: str | Path | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Run ``study`` (ablation, noise, importance or all); write experiment.md/json and plots.
 
@@ -360,10 +367,12 @@ def run_experiment(
     if eval_limit is not None:
         chosen = dataclasses.replace(chosen, eval_limit=eval_limit)
     console = console or Console()
+    choice = choose_precision(precision)
+    console.print(choice.describe(), highlight=False)
     studies = list(STUDIES) if study == "all" else [study]
     started = time.perf_counter()
     exp = Experiment(model, dataset, Path(out), range(seeds), chosen, console,
-                     Path(real_data) if real_data is not None else None)  # fmt: skip
+                     Path(real_data) if real_data is not None else None, choice)  # fmt: skip
     exp.report_only = report_only
     console.print(
         f"[bold]tidpo experiment {study}[/]: model {escape(str(exp.model_path))}, "
@@ -397,6 +406,7 @@ def run_experiment(
             "seeds": list(exp.seeds),
             "budget": budget,
             "budget_values": dataclasses.asdict(chosen),
+            "precision": choice.name,
             "wall_s": round(wall, 1),
             "work_s": round(work_s, 1),
             "ran": exp.ran,

@@ -314,13 +314,22 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False) -> PreTrainedTok
 
 
 def load_causal_lm(
-    path: Path, dtype: torch.dtype | None = None, trust_remote_code: bool = False
+    path: Path,
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+    device: torch.device | str | None = None,
 ) -> PreTrainedModel:
-    """Load a causal LM from a local folder (``dtype=None`` keeps the checkpoint's dtype)."""
+    """Load a causal LM from a local folder (``dtype=None`` keeps the checkpoint's dtype) and
+    move it to ``device`` when given."""
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype
     model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    if device is not None:
+        import torch
+
+        model_any: Any = model
+        model_any.to(torch.device(device))  # nn.Module.to moves in place
     return model

@@ -50,7 +50,6 @@ DEFAULTS: dict[str, Any] = {
     "save_steps": 10,
     "save_total_limit": 1,
     "seed": 42,
-    "bf16": True,
     "report_to": ["tensorboard"],
 }
 
@@ -230,6 +229,7 @@ def run_training(opts: RunOptions, console: Console | None = None) -> Path:
     procs = f", {cfg.world_size} processes" if cfg.world_size > 1 else ""
     say(f"[bold]tidpo train[/]: model {escape(str(model_path))}, data {escape(str(data_path))}, "
         f"loss {cfg.loss}{procs}", soft_wrap=True)  # fmt: skip
+    say(escape(cfg.precision_choice.describe()), soft_wrap=True)
     say(escape(describe_optimisation(cfg)), soft_wrap=True)
     tokenizer = load_tokenizer(model_path, trust_remote_code=opts.trust_remote_code)
     ds = load_preferences(data_path)  # data first: a bad row stops the run before the model loads
@@ -281,7 +281,7 @@ def run_training(opts: RunOptions, console: Console | None = None) -> Path:
     _save_final(trainer, opts, tokenizer, out / "model", main)
     if report is not None:
         final: Any = trainer.accelerator.unwrap_model(trainer.model)
-        base = load_causal_lm(model_path, dtype=torch.float32,
+        base = load_causal_lm(model_path, dtype=torch.float32, device=cfg.device,
                               trust_remote_code=opts.trust_remote_code)  # fmt: skip
         report.after(final, base, tokenizer)
     say(f"[green]done[/]: {escape(str(out))}")

@@ -115,12 +115,16 @@ def run_eval(
     beta: float = 0.1,
     trust_remote_code: bool = False,
     console: Console | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Everything `tidpo eval` does, as a function: evaluate, write ``out/eval.json``, print."""
     from tidpo.evaluation import EvalSettings, evaluate_paths
+    from tidpo.precision import choose_precision
 
     console = console or Console()
     err_console = Console(stderr=True)
+    choice = choose_precision(precision)
+    console.print(choice.describe(), highlight=False)
     settings = EvalSettings(
         max_new_tokens=max_new_tokens, sampling=sampling, seed=seed, batch_size=batch_size,
         beta=beta,
@@ -129,7 +133,7 @@ def run_eval(
     with _progress_bar(err_console) as progress:
         result = evaluate_paths(
             model, ref_model, dataset, out_dir=out, limit=limit, settings=settings,
-            trust_remote_code=trust_remote_code, progress=progress,
+            trust_remote_code=trust_remote_code, progress=progress, precision=choice,
         )  # fmt: skip
     for table in render_tables(result):
         console.print(table)
@@ -164,6 +168,9 @@ def eval_command(
     seed: Annotated[int, typer.Option(help="Seed of the sampling.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Rows per forward / generate call.")] = 8,
     beta: Annotated[float, typer.Option(help="Scale of the reported reward margin.")] = 0.1,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 where native, else fp32) | fp32 | bf16 | fp16")
+    ] = "auto",
     trust_remote_code: Annotated[
         bool, typer.Option(help="Allow model code from the folder.")
     ] = False,
@@ -174,7 +181,7 @@ def eval_command(
     try:
         run_eval(
             model, ref_model, dataset, out, limit, max_new_tokens, sampling, seed, batch_size,
-            beta, trust_remote_code,
+            beta, trust_remote_code, precision=precision,
         )  # fmt: skip
     except TidpoError as err:
         if debug:

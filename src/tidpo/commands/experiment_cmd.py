@@ -42,6 +42,9 @@ def experiment_command(
         Path | None,
         typer.Option(help="Folder of real preference pairs (*.jsonl) for the importance study."),
     ] = None,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 where native, else fp32) | fp32 | bf16 | fp16")
+    ] = "auto",
     report_only: Annotated[
         bool, typer.Option(help="Write the tables from finished arms; run nothing.")
     ] = False,
@@ -63,6 +66,7 @@ def experiment_command(
             report_only=report_only,
             console=console,
             real_data=real_data,
+            precision=precision,
         )
     except TidpoError as err:
         console.print(f"[red]error[/]: {err}")

@@ -34,14 +34,18 @@ def run_explain(
     seed: int,
     trust_remote_code: bool = False,
     console: Console | None = None,
+    precision: str = "auto",
 ) -> dict[str, Path]:
     """Everything `tidpo explain` does, as a function; returns the written files by kind."""
     import torch
 
     from tidpo.explain import ExplainError, explain_pair, generate_anchor, load_pair, write_explain
     from tidpo.models import load_causal_lm, load_tokenizer, resolve_model
+    from tidpo.precision import choose_precision
 
     console = console or Console(stderr=True)
+    choice = choose_precision(precision)
+    console.print(choice.describe(), highlight=False)
     given = [v is not None for v in (prompt, chosen, rejected)]
     if dataset is not None and any(given):
         raise ExplainError("give either --dataset (with --index) or --prompt/--chosen/--rejected")
@@ -64,21 +68,23 @@ def run_explain(
     start = time.perf_counter()
     model_path = resolve_model(model)
     tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
-    lm = load_causal_lm(model_path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    lm = load_causal_lm(model_path, dtype=torch.float32, trust_remote_code=trust_remote_code,
+                        device=choice.device)  # fmt: skip
     lm.eval()
     mode = anchor.strip().lower()
     anchor_text: str | None
-    if mode == "none":
-        anchor_text = None
-    elif mode == "generate":
-        anchor_text = generate_anchor(lm, tokenizer, source["prompt"], seed=seed)
-    else:
-        anchor_text = anchor
-    result = explain_pair(
-        lm, tokenizer, source["prompt"], source["chosen"], source["rejected"], anchor_text,
-        lam=lam, sigma_div=sigma_div, top_k=top_k,
-        anchor_source="generated" if mode == "generate" else "given",
-    )  # fmt: skip
+    with choice.autocast():
+        if mode == "none":
+            anchor_text = None
+        elif mode == "generate":
+            anchor_text = generate_anchor(lm, tokenizer, source["prompt"], seed=seed)
+        else:
+            anchor_text = anchor
+        result = explain_pair(
+            lm, tokenizer, source["prompt"], source["chosen"], source["rejected"], anchor_text,
+            lam=lam, sigma_div=sigma_div, top_k=top_k,
+            anchor_source="generated" if mode == "generate" else "given",
+        )  # fmt: skip
     label = "default" if model is None else model
     result["settings"].update(
         {
@@ -86,6 +92,7 @@ def run_explain(
             "model_path": str(model_path),
             "anchor": mode if mode in ("none", "generate") else "text",
             "seed": seed,
+            "precision": choice.name,
             "seconds": round(time.perf_counter() - start, 2),
         }
     )
@@ -126,6 +133,9 @@ def explain_command(
     sigma_div: Annotated[float, typer.Option(help="Prior width: sigma = T / sigma_div.")] = 4.0,
     top_k: Annotated[int, typer.Option(help="Top words listed per panel.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the anchor sampling.")] = 0,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 where native, else fp32) | fp32 | bf16 | fp16")
+    ] = "auto",
     trust_remote_code: Annotated[
         bool, typer.Option(help="Allow model code from the folder.")
     ] = False,
@@ -136,7 +146,7 @@ def explain_command(
     try:
         run_explain(
             model, prompt, chosen, rejected, dataset, index, anchor, out, lam, sigma_div, top_k,
-            seed, trust_remote_code=trust_remote_code,
+            seed, trust_remote_code=trust_remote_code, precision=precision,
         )  # fmt: skip
     except TidpoError as err:
         if debug:

@@ -50,8 +50,9 @@ class ReportJob:
             return
         t = time.perf_counter()
         pairs = pick_pairs(self._rows(), self.n_pairs)
-        result = explain_fixed_pairs(model, tokenizer, pairs, self.cfg.importance_lambda,
-                                     self.cfg.sigma_div, seed=self.cfg.seed)  # fmt: skip
+        with self.cfg.precision_choice.autocast():  # the run's precision
+            result = explain_fixed_pairs(model, tokenizer, pairs, self.cfg.importance_lambda,
+                                         self.cfg.sigma_div, seed=self.cfg.seed)  # fmt: skip
         write_json_atomic({"pairs": result}, path)
         self._say(
             f"explained {len(pairs)} test pairs before training ({time.perf_counter() - t:.0f} s)"
@@ -59,6 +60,13 @@ class ReportJob:
 
     def after(self, model: nn.Module, base: nn.Module, tokenizer: PreTrainedTokenizerBase) -> Path:
         """Explain, weight histogram and eval (trained vs base), then write ``report.html``."""
+        with self.cfg.precision_choice.autocast():  # the run's precision
+            self._after(model, base, tokenizer)
+        page = write_report(self.run)
+        self._say(f"wrote {page}")
+        return page
+
+    def _after(self, model: nn.Module, base: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
         t = time.perf_counter()
         rows = self._rows()
         pairs = pick_pairs(rows, self.n_pairs)
@@ -79,9 +87,6 @@ class ReportJob:
         write_json_atomic(ev, self.run / "eval.json")
         self._say(f"evaluated {len(rows)} test rows against the base model "
                   f"({time.perf_counter() - t:.0f} s)")  # fmt: skip
-        page = write_report(self.run)
-        self._say(f"wrote {page}")
-        return page
 
 
 def load_json(path: Path) -> Any:
