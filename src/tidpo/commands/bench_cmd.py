@@ -24,7 +24,7 @@ def bench_command(
     ] = None,
     batch: Annotated[int, typer.Option(help="Preference pairs per step.")] = 2,
     max_length: Annotated[int, typer.Option(help="Tokens per sequence (prompt + response).")] = 256,
-    steps: Annotated[int, typer.Option(help="Timed optimiser steps per configuration run.")] = 5,
+    steps: Annotated[int, typer.Option(help="Timed optimiser steps per configuration run.")] = 4,
     warmup: Annotated[int, typer.Option(help="Untimed steps first.")] = 1,
     repeats: Annotated[
         int, typer.Option(help="Rounds over all configurations (order rotated each round).")
@@ -32,6 +32,16 @@ def bench_command(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the results as JSON here.")
     ] = None,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 where native, else fp32) | fp32 | bf16 | fp16")
+    ] = "auto",
+    large_vocab: Annotated[
+        int | None,
+        typer.Option(help="Also measure TRL vs TI-DPO at this vocabulary size (e.g. 128256)."),
+    ] = None,
+    large_length: Annotated[
+        int, typer.Option(help="Tokens per sequence of the --large-vocab runs.")
+    ] = 1024,
     checkpointing: Annotated[
         bool, typer.Option(help="Gradient (activation) checkpointing on, for TRL and tidpo.")
     ] = False,
@@ -54,7 +64,8 @@ def bench_command(
         chosen = tuple(c.strip() for c in configs.split(",") if c.strip()) if configs else CONFIGS
         opts = BenchOptions(model=model, batch=batch, max_length=max_length, steps=steps,
                             warmup=warmup, repeats=repeats, checkpointing=checkpointing,
-                            configs=chosen, profile_dir=profile)  # fmt: skip
+                            configs=chosen, profile_dir=profile, precision=precision,
+                            large_vocab=large_vocab, large_length=large_length)  # fmt: skip
         results = run_bench(opts, console)
         if json_path is not None:
             write_json(results, json_path)
