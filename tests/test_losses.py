@@ -153,3 +153,20 @@ def test_baselines_hand_values() -> None:
     assert torch.allclose(k1, -F.logsigmoid(beta * (h - torch.tensor([0.2, -0.2]))))
     with pytest.raises(ValueError):
         tdpo_loss(c, r, c, r, version=3)
+
+
+def test_triplet_mean_distance_by_hand() -> None:
+    a = torch.tensor([[1.0, 2.0, 3.0, 0.0]])
+    am = torch.tensor([[1, 1, 1, 0]])
+    b = torch.tensor([[0.0, 0.0]])  # chosen: 2 tokens in common with the anchor
+    bm = torch.tensor([[1, 1]])
+    c = torch.tensor([[1.0, 2.0, 3.0, 4.0]])  # rejected: 3 in common (the anchor's length)
+    cm = torch.tensor([[1, 1, 1, 1]])
+    d_pos, d_neg = triplet_distances(a, am, b, bm, c, cm, reduction="mean")
+    assert float(d_pos) == pytest.approx((1 + 4) / 2) and float(d_neg) == 0.0
+    summed = triplet_distances(a, am, b, bm, c, cm)
+    assert float(summed[0]) == pytest.approx(5.0)
+    loss = triplet_loss(a, am, b, bm, c, cm, margin=0.5, reduction="mean")
+    assert float(loss) == pytest.approx(2.5 + 0.5)
+    with pytest.raises(ValueError, match="reduction"):
+        triplet_distances(a, am, b, bm, c, cm, reduction="max")  # type: ignore[arg-type]

@@ -116,3 +116,68 @@ def test_alternative_weightings_average_one_on_span() -> None:
     assert torch.all(uniform_weights(mask)[mask == 1] == 1)
     sm = softmax_prior_weights(scores, mask, lam=0.0, scale="sum")[1]
     assert sm.argmax() == scores[1].argmax() and math.isclose(float(sm.sum()), 1.0, rel_tol=1e-6)
+
+
+# ------------------------------------------------ options against weights that collapse
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tidpo.functional import cap_weights, mean_weight_for  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    raw=st.lists(st.floats(0.0, 50.0), min_size=1, max_size=12),
+    pad=st.integers(0, 3),
+    cap=st.floats(1.0, 6.0),
+)
+def test_cap_holds_keeps_the_sum_and_the_order(raw: list[float], pad: int, cap: float) -> None:
+    w = torch.tensor([raw + [0.0] * pad])
+    span = torch.tensor([[1] * len(raw) + [0] * pad])
+    if float(w.sum()) == 0:
+        w = w + span  # all-zero weights are no distribution
+    out = cap_weights(w, span, cap)
+    mean = float(w.sum()) / len(raw)
+    assert float(out.max()) <= cap * mean * (1 + 1e-5) + 1e-6
+    assert float(out.sum()) == pytest.approx(float(w.sum()), rel=1e-5)
+    assert bool((out[span == 0] == 0).all())
+    order = torch.argsort(w[0, : len(raw)], stable=True)
+    assert bool((out[0, : len(raw)][order].diff() >= -1e-5 * mean).all())  # order kept
+    if float(w.max()) <= cap * mean:
+        torch.testing.assert_close(out, w * span)  # nothing to cap: unchanged
+
+
+def test_cap_by_hand() -> None:
+    w = torch.tensor([[5.0, 1.0, 1.0, 1.0, 0.0]])  # mean 2 over the 4 span tokens
+    span = torch.tensor([[1, 1, 1, 1, 0]])
+    out = cap_weights(w, span, 1.5)  # cap 3: the excess 2 goes to the others, 2/3 each
+    torch.testing.assert_close(out, torch.tensor([[3.0, 5 / 3, 5 / 3, 5 / 3, 0.0]]))
+    with pytest.raises(ValueError, match="cap must be >= 1"):
+        cap_weights(w, span, 0.5)
+
+
+def test_mean_weight_for_special_tokens() -> None:
+    w = torch.tensor([[1.0, 2.0, 1.0, 4.0]])  # mean 2; the last token is the end of turn
+    span = torch.ones(1, 4)
+    special = torch.tensor([[0, 0, 0, 1]])
+    out = mean_weight_for(w, span, special)
+    assert float(out[0, 3]) == pytest.approx(2.0)
+    assert float(out.sum()) == pytest.approx(8.0)
+    torch.testing.assert_close(out[0, :3], torch.tensor([1.0, 2.0, 1.0]) * 6.0 / 4.0)
+
+
+def test_excluded_tokens_get_no_attribution_weight() -> None:
+    scores = torch.tensor([[0.0, 1.0, 3.0, 96.0]])  # the end token's gradient dominates
+    span = torch.tensor([[0, 1, 1, 1]])
+    special = torch.tensor([[0, 0, 0, 1]])
+    lam = 0.7
+    prior = gaussian_prior(span, 4.0)
+    got = hybrid_weights(scores, span, lam, 4.0, "sum", exclude=special)
+    # the special token keeps only its prior share; the others split the attribution 1:3
+    assert float(got[0, 3]) == pytest.approx((1 - lam) * float(prior[0, 3]), rel=1e-6)
+    assert float(got[0, 1]) == pytest.approx(lam * 0.25 + (1 - lam) * float(prior[0, 1]))
+    assert float(got.sum()) == pytest.approx(1.0)
+    plain = hybrid_weights(scores, span, lam, 4.0, "sum")
+    assert float(plain[0, 3]) > 0.6 > float(got[0, 3])
+    mean = hybrid_weights(scores, span, lam, 4.0, "mean", exclude=special)
+    assert float(mean.sum()) == pytest.approx(3.0)

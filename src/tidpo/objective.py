@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from tidpo import functional as F
 from tidpo.collate import response_aligned
 from tidpo.config import TIDPOConfig
+from tidpo.functional.losses import Reduction
 from tidpo.functional.weights import Scale
 
 __all__ = ["StepTensors", "label_weights", "step_loss", "token_weights", "weight_span_mask"]
@@ -37,6 +38,7 @@ class StepTensors:
     weight_span: Tensor  # [2B, L] unshifted: where weights are placed and normalised
     scores: Tensor | None = None  # [2B, L] unshifted raw attribution I (Eq. 5-6), None if unused
     policy_seq_kl: Tensor | None = None  # [2B] sequential KL for TDPO terms (over the response)
+    special: Tensor | None = None  # [2B, L] unshifted: the tokenizer's special tokens
 
 
 def weight_span_mask(attention_mask: Tensor, response_mask: Tensor, span: str) -> Tensor:
@@ -54,12 +56,34 @@ def weight_span_mask(attention_mask: Tensor, response_mask: Tensor, span: str) -
 
 
 def token_weights(
-    cfg: TIDPOConfig, scores: Tensor | None, span: Tensor, generator: torch.Generator | None
+    cfg: TIDPOConfig,
+    scores: Tensor | None,
+    span: Tensor,
+    generator: torch.Generator | None,
+    special: Tensor | None = None,
 ) -> Tensor:
-    """Token weights of the configured ``weighting`` (Eq. 8 for ``hybrid``) on ``span``, detached.
+    """Token weights of the configured ``weighting`` (Eq. 8 for ``hybrid``) on ``span``, detached,
+    then the options against collapse: ``special_tokens`` (``prior``: the ``special`` tokens get
+    no attribution share; ``mean``: they get the span's mean weight) and ``weight_cap``.
 
-    ``scores`` and ``span`` share one coordinate system; the weights come back in it.
+    ``scores``, ``span`` and ``special`` share one coordinate system; the weights come back in it.
     """
+    w = _base_weights(cfg, scores, span, generator,
+                      special if cfg.special_tokens == "prior" else None)  # fmt: skip
+    if cfg.special_tokens == "mean" and special is not None:
+        w = F.mean_weight_for(w, span, special)
+    if cfg.weight_cap is not None:
+        w = F.cap_weights(w, span, cfg.weight_cap)
+    return w
+
+
+def _base_weights(
+    cfg: TIDPOConfig,
+    scores: Tensor | None,
+    span: Tensor,
+    generator: torch.Generator | None,
+    exclude: Tensor | None,
+) -> Tensor:
     scale: Scale = "mean" if cfg.weight_scale == "mean" else "sum"
     if cfg.weighting == "uniform":
         return F.uniform_weights(span, scale)
@@ -70,10 +94,10 @@ def token_weights(
         return F.random_weights(span, generator, scale)
     assert scores is not None, f"weighting {cfg.weighting!r} needs attribution scores"
     if cfg.weighting == "attribution":
-        return F.attribution_weights(scores, span, scale)
+        return F.attribution_weights(scores, span, scale, exclude)
     if cfg.weighting == "softmax_prior":
-        return F.softmax_prior_weights(scores, span, cfg.importance_lambda, scale)
-    return F.hybrid_weights(scores, span, cfg.importance_lambda, cfg.sigma_div, scale)
+        return F.softmax_prior_weights(scores, span, cfg.importance_lambda, scale, exclude)
+    return F.hybrid_weights(scores, span, cfg.importance_lambda, cfg.sigma_div, scale, exclude)
 
 
 def label_weights(weights: Tensor, width: int) -> Tensor:
@@ -124,7 +148,8 @@ def step_loss(
     if cfg.loss == "tidpo":
         wspan = t.weight_span[: 2 * b]
         scores = t.scores[: 2 * b] if t.scores is not None else None
-        w_tok = token_weights(cfg, scores, wspan, generator)
+        special = t.special[: 2 * b] if t.special is not None else None
+        w_tok = token_weights(cfg, scores, wspan, generator, special)
         w = label_weights(w_tok, ratios.shape[1])
         kl = t.policy_seq_kl
         loss_w, rew_c, rew_r = F.weighted_dpo_loss(
@@ -143,13 +168,17 @@ def step_loss(
         metrics["weights/max"] = _f(w_tok.masked_fill(~wspan.bool(), 0).max(-1).values)
         if scores is not None:
             metrics["weights/fallbacks"] = _f(F.fallback_rows(scores, wspan).sum())
+        if special is not None:  # share of each row's weight on special tokens (end of turn)
+            share = (w_tok * special).sum(-1) / w_tok.sum(-1).clamp(min=1e-12)
+            metrics["weights/special_share"] = _f(share)
         if cfg.uses_triplet:
             rmask = t.response
             a_r, a_m = response_aligned(ratios[2 * b :], rmask[2 * b :])
             b_r, b_m = response_aligned(ratios[c], rmask[c])
             c_r, c_m = response_aligned(ratios[r], rmask[r])
-            d_pos, d_neg = F.triplet_distances(a_r, a_m, b_r, b_m, c_r, c_m)
-            trip = F.triplet_loss(a_r, a_m, b_r, b_m, c_r, c_m, margin=cfg.triplet_margin)
+            red: Reduction = "mean" if cfg.triplet_distance == "mean" else "sum"
+            d_pos, d_neg = F.triplet_distances(a_r, a_m, b_r, b_m, c_r, c_m, red)
+            trip = F.triplet_loss(a_r, a_m, b_r, b_m, c_r, c_m, cfg.triplet_margin, red)
             loss = loss + cfg.gamma * trip
             out["triplet"] = trip.detach()
             metrics["triplet/loss"] = _f(trip)

@@ -168,6 +168,8 @@ class TIDPOTrainer(Trainer):
         if pad is None:
             pad = processing_class.eos_token_id
         self.pad_token_id = int(pad)
+        self.special_ids = torch.tensor(sorted(set(processing_class.all_special_ids)),
+                                        dtype=torch.long)  # fmt: skip
         _disable_dropout(model)
         train_dataset = prepare_dataset(train_dataset, processing_class, args)
         if isinstance(eval_dataset, dict):
@@ -334,6 +336,19 @@ class TIDPOTrainer(Trainer):
                 return self._forward(model, ids, am, attribute, full_logits)
         return _Forward(embeds, hidden, out.logits, head)
 
+    def _attribution_target(self, fwd: _Forward, pair_lp: Tensor, am: Tensor) -> Tensor:
+        """The per-row target whose gradient to the embeddings is the attribution (Eq. 5-6).
+
+        ``max_logit`` (the paper): the largest logit at each row's last real position (on the
+        fused path the forward projected those positions only). ``response_logprob``: the row's
+        summed response log-probability, which does not single out the last position.
+        """
+        if self.args.attribution_target == "response_logprob":
+            return pair_lp.sum(-1)
+        if fwd.head is not None:
+            return fwd.logits.max(-1).values
+        return F.last_token_max_logit(fwd.logits, am)
+
     @staticmethod
     def _logps(fwd: _Forward, ids: Tensor, span: Tensor) -> Tensor:
         """Per-token policy log-probs ``[N, L-1]`` on ``span`` from a forward."""
@@ -372,7 +387,7 @@ class TIDPOTrainer(Trainer):
                            inputs["anchor_response_mask"])  # fmt: skip
             # Chosen and rejected rows: one forward (attribution reuses its graph below).
             fwd = self._forward(model, ids, am, cfg.needs_attribution, need_logits)
-            policy_lp = self._logps(fwd, ids, response)
+            policy_lp = pair_lp = self._logps(fwd, ids, response)
             if cfg.uses_reference:
                 ref_lp, ref_logits = self._reference_logps(model, ids, am, response, rows,
                                                            need_logits)  # fmt: skip
@@ -387,15 +402,15 @@ class TIDPOTrainer(Trainer):
                 if ref_lp is not None:
                     ref_lp = _stack(ref_lp, self._reference_logps(model, a_ids, a_am, a_resp)[0])
         scores = None
-        if cfg.needs_attribution:  # Eq. 5-6: max logit at each row's last real position
-            fused = fwd.head is not None  # then the forward projected those positions only
-            target = fwd.logits.max(-1).values if fused else F.last_token_max_logit(fwd.logits, am)
-            scores = F.attribution_from_graph(target, fwd.embeds, am)
+        if cfg.needs_attribution:
+            scores = F.attribution_from_graph(self._attribution_target(fwd, pair_lp, am),
+                                              fwd.embeds, am)  # fmt: skip
         gen = None
         if cfg.loss == "tidpo" and cfg.weighting == "random":
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.state.global_step)
         wspan = weight_span_mask(am, rm, cfg.weight_span)
-        tensors = StepTensors(policy_lp, ref_lp, response, wspan, scores, seq_kl)
+        special = torch.isin(ids, self.special_ids.to(ids.device)) if cfg.loss == "tidpo" else None
+        tensors = StepTensors(policy_lp, ref_lp, response, wspan, scores, seq_kl, special)
         details: dict[str, Tensor] = {}
         loss, metrics = step_loss(cfg, tensors, b, gen, details if return_outputs else None)
         if mode == "train" and not torch.isfinite(loss):

@@ -23,9 +23,11 @@ from tidpo.functional.logps import lm_head_logps, per_token_logps, sequential_kl
 from tidpo.functional.losses import triplet_distances, triplet_loss, weighted_dpo_loss
 from tidpo.functional.weights import (
     attribution_weights,
+    cap_weights,
     fallback_rows,
     gaussian_prior,
     hybrid_weights,
+    mean_weight_for,
     random_weights,
     softmax_prior_weights,
     span_positions,
@@ -35,6 +37,7 @@ from tidpo.functional.weights import (
 __all__ = [
     "attribution_from_graph",
     "attribution_weights",
+    "cap_weights",
     "cdpo_loss",
     "dpo_loss",
     "fallback_rows",
@@ -46,6 +49,7 @@ __all__ = [
     "last_token_index",
     "last_token_max_logit",
     "lm_head_logps",
+    "mean_weight_for",
     "per_token_logps",
     "position_ids_from_mask",
     "random_weights",

@@ -5,11 +5,15 @@ All tensors are per-token *log-ratios* ``r_t = log pi_theta(y_t | ...) - log pi_
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["triplet_distances", "triplet_loss", "weighted_dpo_loss"]
+__all__ = ["Reduction", "triplet_distances", "triplet_loss", "weighted_dpo_loss"]
+
+Reduction = Literal["sum", "mean"]
 
 
 def weighted_dpo_loss(
@@ -69,11 +73,14 @@ def triplet_distances(
     chosen_mask: Tensor,
     rejected_ratios: Tensor,
     rejected_mask: Tensor,
+    reduction: Reduction = "sum",
 ) -> tuple[Tensor, Tensor]:
     """``d_pos = sum_t (a_t - b_t)^2`` and ``d_neg = sum_t (c_t - a_t)^2`` of Eq. 13.
 
     Inputs are response-aligned (index 0 = first response token) and may have different lengths;
-    each sum runs over the positions both sequences have (both masks 1).
+    each sum runs over the positions both sequences have (both masks 1). ``reduction="mean"``
+    divides each by its number of positions (a per-token distance, not in the paper: the sum
+    grows with the anchor's length, the mean does not).
 
     Returns:
         ``(d_pos[B], d_neg[B])`` float32.
@@ -84,6 +91,10 @@ def triplet_distances(
     c, cm = _pad_to(rejected_ratios.float(), n), _pad_to(rejected_mask.float(), n)
     d_pos = ((a - b) ** 2 * am * bm).sum(-1)
     d_neg = ((c - a) ** 2 * am * cm).sum(-1)
+    if reduction == "mean":
+        return d_pos / (am * bm).sum(-1).clamp(min=1.0), d_neg / (am * cm).sum(-1).clamp(min=1.0)
+    if reduction != "sum":
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     return d_pos, d_neg
 
 
@@ -95,6 +106,7 @@ def triplet_loss(
     rejected_ratios: Tensor,
     rejected_mask: Tensor,
     margin: float = 0.1,
+    reduction: Reduction = "sum",
 ) -> Tensor:
     """Triplet loss of Eq. 13: ``max(0, d_pos - d_neg + margin)`` per row.
 
@@ -108,7 +120,6 @@ def triplet_loss(
     """
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
-    d_pos, d_neg = triplet_distances(
-        anchor_ratios, anchor_mask, chosen_ratios, chosen_mask, rejected_ratios, rejected_mask
-    )
+    d_pos, d_neg = triplet_distances(anchor_ratios, anchor_mask, chosen_ratios, chosen_mask,
+                                     rejected_ratios, rejected_mask, reduction)  # fmt: skip
     return torch.clamp(d_pos - d_neg + margin, min=0.0)
