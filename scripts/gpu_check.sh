@@ -23,10 +23,13 @@ print(f"{torch.cuda.get_device_name(0)}; torch {torch.__version__}; "
       f"transformers {transformers.__version__}; bf16 {torch.cuda.is_bf16_supported()}")
 PY
 start=$SECONDS
-"$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT_DIR/gpu-tests.log"
-echo "gpu tests: $((SECONDS - start)) s" | tee -a "$OUT_DIR/gpu-tests.log"
+tests=0
+"$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT_DIR/gpu-tests.log" \
+    || tests=$?
+echo "gpu tests: exit $tests, $((SECONDS - start)) s" | tee -a "$OUT_DIR/gpu-tests.log"
 start=$SECONDS
 "$PY" -m tidpo bench --model "${TIDPO_BENCH_MODEL:-default}" --steps 4 --warmup 1 \
     --repeats 1 --max-length 512 --large-vocab 128256 --large-length 1024 \
     --json "$OUT_DIR/bench.json" 2>&1 | tee "$OUT_DIR/bench.log"
 echo "bench: $((SECONDS - start)) s" | tee -a "$OUT_DIR/bench.log"
+exit "$tests"

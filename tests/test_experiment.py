@@ -94,10 +94,20 @@ def test_score_pair_averages_chosen_and_rejected() -> None:
     assert got["random"]["p@1"] == pytest.approx(1 / 3)
 
 
-def _run(study: str, out: Path, model: Path) -> dict[str, Any]:
+def _run(study: str, out: Path, model: Path, **kw: Any) -> dict[str, Any]:
     return run_experiment(
-        study, model=str(model), seeds=1, budget="tiny", out=out, console=Console(quiet=True)
+        study,
+        model=str(model),
+        seeds=1,
+        budget="tiny",
+        out=out,
+        console=Console(quiet=True),
+        **kw,
     )
+
+
+REAL = [{"prompt": f"Question {i}?", "chosen": f"A kind, careful answer {i}.",
+         "rejected": f"Go away {i}."} for i in range(5)]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +116,12 @@ def all_run(
 ) -> tuple[Path, dict[str, Any]]:
     """`experiment all` once on the tiny model, with fewer arms so it takes seconds."""
     out = tmp_path_factory.mktemp("experiment") / "exp"
+    real = tmp_path_factory.mktemp("real")
+    (real / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in REAL))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(experiment.STUDIES, "ablation", ("base", "tidpo"))
+        mp.setitem(experiment.STUDIES, "ablation", ("base", "dpo", "tidpo"))
         mp.setitem(experiment.STUDIES, "noise", ("dpo", "dpo-noise20"))
-        summary = _run("all", out, tiny_model_dir)
+        summary = _run("all", out, tiny_model_dir, real_data=real)
     return out, summary
 
 
@@ -125,7 +137,7 @@ def test_all_runs_every_arm_once(all_run: tuple[Path, dict[str, Any]]) -> None:
     data = json.loads((out / "experiment.json").read_text(encoding="utf-8"))
     assert set(data["arms"]) == {"base", "tidpo", "dpo", "dpo-noise20"}
     assert data["arms"]["tidpo"]["reward_acc"]["n"] == 1
-    for plot in ("ablation.png", "noise.png", "importance.png"):
+    for plot in ("ablation.png", "noise.png", "importance.png", "training.png"):
         assert (out / plot).stat().st_size > 0
     assert not (out / "seed-0" / "tidpo" / "run" / "model").exists()  # freed after evaluation
     assert (out / "seed-0" / "tidpo" / "run" / "metrics.jsonl").exists()
@@ -133,9 +145,38 @@ def test_all_runs_every_arm_once(all_run: tuple[Path, dict[str, Any]]) -> None:
 
 def test_ablation_table(all_run: tuple[Path, dict[str, Any]]) -> None:
     md = (all_run[0] / "experiment.md").read_text(encoding="utf-8")
-    assert "## Ablation and baselines" in md
+    assert "## Ablation, baselines and options" in md
     for label in ("| base model (untrained) | 1 |", "| TI-DPO (full) | 1 |", "| 63.5 |"):
         assert label in md
+    assert "4 real held-out pairs from" in md
+
+
+def test_per_item_values_are_aligned_and_compared(all_run: tuple[Path, dict[str, Any]]) -> None:
+    out, summary = all_run
+    base = json.loads((out / "base" / "result.json").read_text())
+    tidpo = json.loads((out / "seed-0" / "tidpo" / "result.json").read_text())
+    for key in ("reward", "reward_w", "passed", "win", "entropy"):
+        assert len(tidpo["items"][key]) == len(base["items"][key]) == 4, key
+    assert len(tidpo["items"]["real_reward"]) == 4  # the real pairs of --real-data
+    assert all(d == 0 for d in base["items"]["reward"])  # the base model against itself
+    assert tidpo["reward_real"]["accuracy"] == pytest.approx(
+        sum(d > 0 for d in tidpo["items"]["real_reward"]) / 4
+    )
+    comp = summary["comparisons"]["tidpo - dpo"]
+    assert comp["seeds"] == [0] and comp["reward_acc"]["n_items"] == 4
+    assert comp["reward_acc"]["verdict"] in ("no detectable difference", "better", "worse")
+    md = (out / "experiment.md").read_text(encoding="utf-8")
+    assert "## Paired comparisons" in md and "**TI-DPO is better than DPO** (tidpo - dpo)" in md
+    assert tidpo["triplet_max"] is not None and tidpo["special_share"] is not None
+
+
+def test_medium_budget_is_one_pass_in_fp32() -> None:
+    medium = experiment.BUDGETS["medium"]
+    cfg = experiment.train_config(medium, experiment.ARMS["tidpo"], 0, 397)
+    assert cfg["max_steps"] * cfg["per_device_train_batch_size"] >= 397
+    assert (cfg["max_steps"] - 1) * cfg["per_device_train_batch_size"] < 397
+    assert medium.precision == "fp32" and medium.eval_limit is None and medium.real_eval >= 200
+    assert {"dpo", "tidpo", "uniform", "no-triplet"} <= set(medium.arms or ())
 
 
 def test_noise_study_writes_the_flipped_data(all_run: tuple[Path, dict[str, Any]]) -> None:
@@ -176,7 +217,7 @@ def test_resume_reruns_only_the_missing_arm(
     kept = out / "seed-0" / "dpo-noise20" / "result.json"
     before = kept.stat().st_mtime_ns
     (out / "seed-0" / "dpo" / "result.json").unlink()
-    summary = _run("noise", out, tiny_model_dir)
+    summary = _run("noise", out, tiny_model_dir, real_data=all_run[1]["real_data"])
     assert summary["ran"] == ["dpo seed 0"]  # only the deleted arm ran again
     assert kept.stat().st_mtime_ns == before
     assert (out / "seed-0" / "dpo" / "result.json").exists()
@@ -188,7 +229,8 @@ def test_report_only_lists_missing_arms_and_trains_nothing(
     out, _ = all_run
     monkeypatch.setitem(experiment.STUDIES, "noise", ("dpo", "dpo-noise20"))
     summary = run_experiment("noise", model=str(tiny_model_dir), seeds=2, budget="tiny", out=out,
-                             console=Console(quiet=True), report_only=True)  # fmt: skip
+                             console=Console(quiet=True), report_only=True,
+                             real_data=all_run[1]["real_data"])  # fmt: skip
     assert summary["ran"] == []
     assert summary["missing"] == ["dpo seed 1", "dpo-noise20 seed 1"]
     assert not (out / "seed-1").exists()
@@ -246,3 +288,19 @@ def test_no_module_reads_outside_the_package() -> None:
             assert not (isinstance(node, ast.Name) and node.id == "__file__"), path
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 assert "shared" not in node.value.split("/"), path
+
+
+def test_two_workers_share_the_arms_and_the_report_has_all(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(experiment.STUDIES, "noise", ("dpo", "dpo-noise20"))
+    out = tmp_path / "exp"
+    first = _run("noise", out, tiny_model_dir, worker=(0, 2))  # base, then dpo seed 0 only
+    assert first["ran"] == ["base (untrained)", "dpo seed 0"]
+    assert first["missing"] == ["dpo-noise20 seed 0"]
+    second = _run("noise", out, tiny_model_dir, worker=(1, 2))  # waits for base: it is there
+    assert second["ran"] == ["dpo-noise20 seed 0"] and second["missing"] == []
+    final = _run("noise", out, tiny_model_dir, report_only=True)
+    assert final["ran"] == [] and set(final["arms"]) == {"base", "dpo", "dpo-noise20"}
+    with pytest.raises(ExperimentError, match="--worker"):
+        _run("noise", out, tiny_model_dir, worker=(2, 2))

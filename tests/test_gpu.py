@@ -23,7 +23,7 @@ pytestmark = [
 
 
 def _gpu_config(tmp_path: Path, **kw: object):  # type: ignore[no-untyped-def]
-    return _config(tmp_path, use_cpu=False, **kw)
+    return _config(tmp_path, use_cpu=False, **{"precision": "auto", **kw})
 
 
 def test_training_runs_on_the_gpu_in_the_auto_precision(

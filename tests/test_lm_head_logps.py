@@ -69,6 +69,7 @@ def test_projects_masked_rows_only_and_chunk_by_chunk(monkeypatch: pytest.Monkey
         return real(h, w, b)
 
     monkeypatch.setattr(logps_mod, "_project", spy)
+    monkeypatch.setattr(logps_mod, "_rows_per_chunk", lambda vocab: 256)
     h = torch.randn(4, 300, 8, requires_grad=True)
     w = torch.randn(64, 8, requires_grad=True)
     mask = torch.zeros(4, 300)
@@ -76,8 +77,13 @@ def test_projects_masked_rows_only_and_chunk_by_chunk(monkeypatch: pytest.Monkey
     out = lm_head_logps(h, w, torch.randint(0, 64, (4, 300)), mask)
     out.sum().backward()
     assert sum(rows) == 2 * 800  # forward + backward, masked rows only
-    assert max(rows) <= logps_mod._CHUNK
+    assert max(rows) <= 256 and len(rows) == 2 * 4  # 800 rows: 4 chunks each way
     assert h.grad is not None and torch.all(h.grad[:, :100] == 0)
+
+
+def test_chunk_rows_follow_the_vocabulary() -> None:
+    assert logps_mod._rows_per_chunk(128256) == (1 << 25) // 128256  # ~32M elements a chunk
+    assert logps_mod._rows_per_chunk(64) == 4096 and logps_mod._rows_per_chunk(10**9) == 64
 
 
 def test_empty_mask_gives_zeros_and_zero_gradients() -> None:

@@ -59,6 +59,7 @@ __all__ = [
     "masked_mean_entropy",
     "ngram_counts",
     "pad_token_id",
+    "row_mean_entropy",
     "self_bleu",
     "sentence_bleu",
     "word_tokens",
@@ -198,6 +199,17 @@ def masked_mean_entropy(step_logits: Sequence[Tensor], valid: Tensor) -> tuple[f
     return float(entropies[mask].sum()), int(mask.sum())
 
 
+def row_mean_entropy(step_logits: Sequence[Tensor], valid: Tensor) -> list[float | None]:
+    """Per row, the mean entropy over its valid generated positions (None when it has none)."""
+    if not step_logits:
+        return [None] * valid.shape[0]
+    entropies = torch.stack([entropy_from_logits(s) for s in step_logits], dim=1).cpu()
+    mask = valid.bool()
+    sums = (entropies * mask).sum(-1)
+    counts = mask.sum(-1)
+    return [float(s) / int(c) if int(c) else None for s, c in zip(sums, counts, strict=True)]
+
+
 class GenerationError(TidpoError):
     """Prompts cannot be turned into model input (no chat template, no pad or eos token)."""
 
@@ -224,6 +236,8 @@ class GenerationResult:
     """Generated ids of each answer, up to and including its end-of-sequence token."""
     entropy_sum: float = 0.0
     entropy_count: int = 0
+    entropies: list[float | None] = field(default_factory=list)
+    """Mean next-token entropy (nats) of each answer (None for an empty answer)."""
 
     @property
     def n_tokens(self) -> list[int]:
@@ -326,6 +340,7 @@ def generate_responses(
             total, count = masked_mean_entropy(list(out.logits), valid)
             result.entropy_sum += total
             result.entropy_count += count
+            result.entropies += row_mean_entropy(list(out.logits), valid)
             if progress is not None:
                 progress(phase, min(start + batch_size, len(prompts)), len(prompts))
     return result

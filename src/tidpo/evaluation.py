@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from tidpo.checks import passes
 from tidpo.collate import PreferenceCollator
@@ -55,6 +55,7 @@ from tidpo.diversity import (
     self_bleu,
 )
 from tidpo.errors import TidpoError
+from tidpo.objective import WeightSettings
 from tidpo.precision import Precision, choose_precision
 from tidpo.reference import forward_logps
 
@@ -129,9 +130,14 @@ def reward_stats(
     rows: Sequence[Mapping[str, Any]],
     settings: EvalSettings | None = None,
     progress: ProgressFn | None = None,
+    weights: WeightSettings | None = None,
 ) -> dict[str, Any]:
     """Implicit-reward accuracy and margin of the policy against the reference on the pairs.
 
+    The reward of a response is its summed log-ratio ``sum_t r_t`` (as for DPO); ``diffs`` holds
+    each pair's chosen - rejected reward, aligned with ``rows`` (None for a skipped pair). With
+    ``weights`` the same statistics of the token-weighted rewards ``sum_t w_t r_t`` (weights from
+    the policy's own attribution, made as training makes them) come under ``weighted``.
     Pairs whose responses ``settings.max_length`` cuts away entirely are skipped (counted in
     ``n_skipped``); the statistics are None when no pair is left.
     """
@@ -141,36 +147,116 @@ def reward_stats(
     tokenized = [tokenize_row(row, tokenizer, cfg.max_length) for row in rows]
     kept = [t for t in tokenized if t is not None]
     collator = PreferenceCollator(pad_token_id(tokenizer, eos_token_ids(model, tokenizer)))
+    rewards: dict[str, list[float]] = {"raw": [], "weighted": []}
     chosen: list[float] = []
     rejected: list[float] = []
     with eval_mode(model, ref_model):
         for start in range(0, len(kept), cfg.batch_size):
             batch = collator(kept[start : start + cfg.batch_size])
-            sums = []
-            for m in (model,) if ref_model is model else (model, ref_model):
-                device = _device(m)
-                mask = batch["response_mask"][:, 1:].to(device)
-                ids, am = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-                logps, _ = forward_logps(m, ids, am, mask)
-                sums.append((logps * mask).sum(dim=1).double().cpu())
-            reward = sums[0] - sums[-1]  # exactly 0 when the reference is the policy itself
-            b = reward.shape[0] // 2
-            chosen.extend(reward[:b].tolist())
-            rejected.extend(reward[b:].tolist())
+            device = _device(model)
+            ids, am = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            rm = batch["response_mask"].to(device)
+            mask = rm[:, 1:]
+            # log pi - log pi_ref: exactly 0 when the reference is the policy itself
+            ratios = torch.zeros(mask.shape, dtype=torch.float64, device=device)
+            if ref_model is not model:
+                policy_lp, _ = forward_logps(model, ids, am, mask)
+                ref_lp, _ = forward_logps(ref_model, ids, am, mask)  # on the policy's device
+                ratios = policy_lp.double() - ref_lp.double()
+            b = ids.shape[0] // 2
+            rows_reward = {"raw": (ratios * mask).sum(dim=1).cpu()}
+            if weights is not None and ref_model is model:  # log-ratios 0: weights can't matter
+                rows_reward["weighted"] = rows_reward["raw"]
+            elif weights is not None:
+                w = _eval_weights(model, tokenizer, weights, ids, am, rm)
+                rows_reward["weighted"] = (ratios * w * mask).sum(dim=1).cpu()
+            for key, value in rows_reward.items():
+                rewards[key].extend((value[:b] - value[b:]).tolist())
+            chosen.extend(rows_reward["raw"][:b].tolist())
+            rejected.extend(rows_reward["raw"][b:].tolist())
             if progress is not None:
                 progress("reward", min(start + cfg.batch_size, len(kept)), len(kept))
+    out = _reward_summary(rewards["raw"], tokenized, cfg)
     n = len(chosen)
-    diffs = [c - r for c, r in zip(chosen, rejected, strict=True)]
+    out["chosen_reward"] = sum(chosen) / n if n else None
+    out["rejected_reward"] = sum(rejected) / n if n else None
+    if weights is not None:
+        out["weighted"] = _reward_summary(rewards["weighted"], tokenized, cfg)
+    return out
+
+
+def pair_logps(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[Mapping[str, Any]],
+    settings: EvalSettings | None = None,
+) -> list[list[float] | None]:
+    """Per row, ``[log p(chosen), log p(rejected)]`` summed over the response tokens (None for a
+    pair that ``settings.max_length`` cuts away).
+
+    Two models' values give the implicit rewards without running both at once: a study can
+    compute its reference's values once and each trained model's afterwards.
+    """
+    from tidpo.data import tokenize_row
+
+    cfg = settings or EvalSettings()
+    tokenized = [tokenize_row(row, tokenizer, cfg.max_length) for row in rows]
+    kept = [t for t in tokenized if t is not None]
+    collator = PreferenceCollator(pad_token_id(tokenizer, eos_token_ids(model, tokenizer)))
+    sums: list[float] = []
+    with eval_mode(model):
+        for start in range(0, len(kept), cfg.batch_size):
+            batch = collator(kept[start : start + cfg.batch_size])
+            device = _device(model)
+            mask = batch["response_mask"][:, 1:].to(device)
+            ids, am = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            logps, _ = forward_logps(model, ids, am, mask, fused=True)
+            per_row = (logps.double() * mask).sum(dim=1).cpu()
+            b = per_row.shape[0] // 2
+            sums += [v for pair in zip(per_row[:b].tolist(), per_row[b:].tolist(), strict=True)
+                     for v in pair]  # fmt: skip
+    it = iter(sums)
+    return [[next(it), next(it)] if t is not None else None for t in tokenized]
+
+
+def reward_diffs(
+    policy: Sequence[Sequence[float] | None], reference: Sequence[Sequence[float] | None]
+) -> list[float | None]:
+    """Per pair, the implicit-reward difference chosen - rejected from two `pair_logps`."""
+    return [
+        None if p is None or r is None else (p[0] - r[0]) - (p[1] - r[1])
+        for p, r in zip(policy, reference, strict=True)
+    ]
+
+
+def _eval_weights(model: nn.Module, tokenizer: PreTrainedTokenizerBase, weights: WeightSettings,
+                  ids: Tensor, am: Tensor, rm: Tensor) -> Tensor:  # fmt: skip
+    """Label-aligned ``[N, L-1]`` token weights of the policy, made as training makes them."""
+    from tidpo.functional import gradient_attribution
+    from tidpo.objective import label_weights, token_weights, weight_span_mask
+
+    span = weight_span_mask(am, rm, "response")
+    scores = gradient_attribution(model, ids, am, weights.attribution_target, span)
+    special = torch.isin(ids, torch.tensor(tokenizer.all_special_ids, device=ids.device))
+    w = token_weights(weights, scores, span, special=special)
+    return label_weights(w, ids.shape[1] - 1).double()
+
+
+def _reward_summary(
+    diffs: Sequence[float], tokenized: Sequence[Any], cfg: EvalSettings
+) -> dict[str, Any]:
+    """Accuracy and margin of the pairs' reward differences; ``diffs`` aligned with the rows."""
+    n = len(diffs)
     margin = sum(diffs) / n if n else None
+    it = iter(diffs)
     return {
         "n_pairs": n,
-        "n_skipped": len(rows) - n,
+        "n_skipped": len(tokenized) - n,
         "accuracy": sum(d > 0 for d in diffs) / n if n else None,
         "margin": margin,
         "margin_beta": cfg.beta * margin if margin is not None else None,
         "beta": cfg.beta,
-        "chosen_reward": sum(chosen) / n if n else None,
-        "rejected_reward": sum(rejected) / n if n else None,
+        "diffs": [next(it) if t is not None else None for t in tokenized],
     }
 
 
@@ -292,6 +378,7 @@ def evaluate(
             "category": row.get("category"),
             "response": policy.texts[i],
             "passed": passed[i],
+            "entropy": policy.entropies[i] if i < len(policy.entropies) else None,
             "ref_response": ref.texts[i] if ref is not None else None,
             "ref_passed": ref_passed[i],
         }

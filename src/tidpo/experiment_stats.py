@@ -52,7 +52,7 @@ def _item_means(runs: Sequence[Sequence[float | None]]) -> list[float | None]:
     width = max((len(r) for r in runs), default=0)
     out: list[float | None] = []
     for i in range(width):
-        vals = [float(r[i]) for r in runs if i < len(r) and r[i] is not None]
+        vals = [float(v) for r in runs if i < len(r) and (v := r[i]) is not None]
         out.append(statistics.fmean(vals) if vals else None)
     return out
 
@@ -79,7 +79,7 @@ def paired_bootstrap(
     return {
         "diff": statistics.fmean(diffs),
         "low": means[int(0.025 * (n_boot - 1))],
-        "high": means[int(math.ceil(0.975 * (n_boot - 1)))],
+        "high": means[math.ceil(0.975 * (n_boot - 1))],
         "n_items": n,
     }
 
@@ -91,12 +91,13 @@ def paired_seeds(a: Sequence[float | None], b: Sequence[float | None]) -> dict[s
     return {"diff": got["mean"], "low": got["low"], "high": got["high"], "n_seeds": got["n"]}
 
 
-def verdict(stat: dict[str, Any], higher_is_better: bool = True) -> str:
-    """"no detectable difference" when the interval covers 0 (or is missing), else which way."""
+def verdict(stat: dict[str, Any], higher_is_better: bool = True, tol: float = 1e-9) -> str:
+    """Which way a difference goes: "no detectable difference" when its interval covers 0
+    (within ``tol``, so that float rounding of equal values is no difference)."""
     low, high = stat.get("low"), stat.get("high")
     if low is None or high is None:
         return "not enough data"
-    if low <= 0.0 <= high:
+    if low <= tol and high >= -tol:
         return "no detectable difference"
     better = (low > 0) == higher_is_better
     return "better" if better else "worse"

@@ -13,6 +13,7 @@ largest word weight for display, so every panel spans [0, 1] on the same colour 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tidpo.errors import TidpoError
+from tidpo.objective import WeightSettings
 
 if TYPE_CHECKING:
     from torch import nn
@@ -272,6 +274,7 @@ def explain_pair(
     top_k: int = 8,
     *,
     anchor_source: str = "given",
+    weights: WeightSettings | None = None,
 ) -> dict[str, Any]:
     """Token and word importance of the chosen, anchor and rejected responses to ``prompt``.
 
@@ -290,6 +293,9 @@ def explain_pair(
         top_k: how many top words to list per panel.
         anchor_source: recorded in the anchor panel's ``source`` (``"generated"`` or
             ``"given"``).
+        weights: how training weighs tokens (`tidpo.objective.WeightSettings`: weighting,
+            special tokens, cap, attribution target); default: the paper's hybrid weights with
+            ``lam`` and ``sigma_div``. Its lambda and sigma_div replace ``lam`` and ``sigma_div``.
 
     Returns:
         ``{"prompt", "settings", "panels": [...]}``; each panel holds ``tokens`` (id, text, raw
@@ -300,7 +306,8 @@ def explain_pair(
     """
     from tidpo.anchors import anchor_rows
     from tidpo.data import DataError, tokenize_row
-    from tidpo.functional import gaussian_prior, gradient_attribution, hybrid_weights
+    from tidpo.functional import gaussian_prior, gradient_attribution
+    from tidpo.objective import token_weights
 
     texts = {"chosen": chosen, "anchor": anchor, "rejected": rejected}
     keys = [k for k in PANEL_TITLES if texts[k] is not None]
@@ -318,9 +325,13 @@ def explain_pair(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = _model_device(model)
     input_ids, attention, span = anchor_rows([prompt_ids] * len(keys), responses, int(pad), device)
-    raw = gradient_attribution(model, input_ids, attention)
+    ws = weights or WeightSettings(importance_lambda=lam, sigma_div=sigma_div)
+    ws = dataclasses.replace(ws, weight_scale="sum")
+    lam, sigma_div = ws.importance_lambda, ws.sigma_div
+    raw = gradient_attribution(model, input_ids, attention, ws.attribution_target, span)
     prior = gaussian_prior(span, sigma_div)
-    hybrid = hybrid_weights(raw, span, lam=lam, sigma_div=sigma_div, scale="sum")
+    special = torch.isin(input_ids, torch.tensor(tokenizer.all_special_ids, device=device))
+    hybrid = token_weights(ws, raw, span, special=special)
     start = len(prompt_ids)
     panels = []
     for row_i, (key, resp) in enumerate(zip(keys, responses, strict=True)):
@@ -339,6 +350,7 @@ def explain_pair(
         "settings": {
             "lam": lam,
             "sigma_div": sigma_div,
+            "weights": dataclasses.asdict(ws),
             "top_k": top_k,
             "weight_scale": "sum",
             "word_weight": "sum of the word's token hybrid weights",

@@ -1,14 +1,15 @@
 """Do the importance weights find the words that decide a preference? (`experiment importance`)
 
 For each pair, :func:`tidpo.explain.explain_pair` gives every word of the chosen and the rejected
-response three scores on the base model: its gradient attribution (Eq. 5-6), its Gaussian prior
-(Eq. 7) and its hybrid weight (Eq. 8); a word's score is the SUM of its tokens' scores, as in
-``tidpo explain``. The top-k words by each score are compared with the response's *critical*
-words: precision@k = critical words among the top k / k, recall@k = distinct critical words found
-in the top k / distinct critical words present in the response. Words are compared after
-:func:`normalize_word` (whitespace and surrounding punctuation dropped, lower case). A response
-without any critical word present is not scored. Chosen and rejected responses are scored
-separately and their scores averaged per pair.
+response several scores on the base model: its gradient attribution (Eq. 5-6), its Gaussian prior
+(Eq. 7), its hybrid weight (Eq. 8), and its weight under each option against collapsing weights
+(`VARIANTS`: special tokens out of the attribution, a cap, the response log-probability as the
+attribution target); a word's score is the SUM of its tokens' scores, as in ``tidpo explain``. The
+top-k words by each score are compared with the response's *critical* words: precision@k = critical
+words among the top k / k, recall@k = distinct critical words found in the top k / distinct
+critical words present in the response. Words are compared after :func:`normalize_word` (whitespace
+and surrounding punctuation dropped, lower case). A response without any critical word present is
+not scored. Chosen and rejected responses are scored separately and their scores averaged per pair.
 
 The baseline is a uniformly random ranking, scored by its exact expectation
 (:func:`random_expectation`), so it carries no sampling noise.
@@ -30,8 +31,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tidpo.objective import WeightSettings
+
 __all__ = [
     "METHODS",
+    "VARIANTS",
     "difference_critical",
     "importance_rows",
     "normalize_word",
@@ -42,7 +46,15 @@ __all__ = [
     "summarize",
 ]
 
-METHODS = ("attribution", "prior", "hybrid", "random")
+VARIANTS: dict[str, WeightSettings] = {
+    "hybrid": WeightSettings(),
+    "hybrid, special tokens prior": WeightSettings(special_tokens="prior"),
+    "hybrid, special tokens mean": WeightSettings(special_tokens="mean"),
+    "hybrid, cap 3": WeightSettings(weight_cap=3.0),
+    "hybrid, log-prob target": WeightSettings(attribution_target="response_logprob"),
+}
+"""The weightings scored besides raw attribution and the prior (paper defaults otherwise)."""
+METHODS = ("attribution", "prior", *VARIANTS, "random")
 """Word rankings compared; ``random`` is the expected score of a uniformly random ranking."""
 
 _STRIP = string.punctuation + "“”‘’«»…–—"
@@ -101,37 +113,53 @@ def difference_critical(response: str, other: str) -> set[str]:
 
 
 def score_pair(
-    panels: Sequence[Mapping[str, Any]], critical: Mapping[str, set[str]], ks: Sequence[int]
+    panels: Sequence[Mapping[str, Any]],
+    critical: Mapping[str, set[str]],
+    ks: Sequence[int],
+    variants: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> dict[str, dict[str, float]] | None:
-    """Per method, ``p@k``/``r@k`` of one pair: mean of its scored responses (None if none is)."""
-    field = {"attribution": "attribution", "prior": "prior", "hybrid": "weight"}
-    out: dict[str, dict[str, list[float]]] = {m: {} for m in METHODS}
-    for panel in panels:
+    """Per method, ``p@k``/``r@k`` of one pair: mean of its scored responses (None if none is).
+
+    ``panels`` (explain panels with the paper's hybrid weights) give ``attribution``, ``prior``,
+    ``hybrid`` and ``random``; ``variants`` maps other weightings to their panels (their
+    ``weight`` field is scored).
+    """
+    sources: list[tuple[str, Sequence[Mapping[str, Any]], str]] = [
+        ("attribution", panels, "attribution"), ("prior", panels, "prior"),
+        ("hybrid", panels, "weight"),
+        *((name, vp, "weight") for name, vp in (variants or {}).items() if name != "hybrid"),
+    ]  # fmt: skip
+    out: dict[str, dict[str, list[float]]] = {m: {} for m, _, _ in sources}
+    out["random"] = {}
+    for i, panel in enumerate(panels):
         crit = critical.get(str(panel["key"]), set())
         words = [str(w["text"]) for w in panel["words"]]
         for k in ks:
-            for method in METHODS:
-                if method == "random":
-                    got = random_expectation(words, crit, k)
-                else:
-                    scores = [float(w[field[method]]) for w in panel["words"]]
-                    got = precision_recall_at_k(words, scores, crit, k)
-                if got is not None:
-                    out[method].setdefault(f"p@{k}", []).append(got[0])
-                    out[method].setdefault(f"r@{k}", []).append(got[1])
+            for method, source, field in sources:
+                scores = [float(w[field]) for w in source[i]["words"]]
+                _add(out[method], k, precision_recall_at_k(words, scores, crit, k))
+            _add(out["random"], k, random_expectation(words, crit, k))
     if not any(out["hybrid"].values()):
         return None
     return {m: {key: statistics.fmean(v) for key, v in vals.items()} for m, vals in out.items()}
+
+
+def _add(into: dict[str, list[float]], k: int, got: tuple[float, float] | None) -> None:
+    if got is not None:
+        into.setdefault(f"p@{k}", []).append(got[0])
+        into.setdefault(f"r@{k}", []).append(got[1])
 
 
 def summarize(per_pair: Sequence[Mapping[str, Mapping[str, float]]]) -> dict[str, Any]:
     """Mean and standard deviation over pairs of every method's ``p@k``/``r@k``."""
     result: dict[str, Any] = {"n_pairs": len(per_pair)}
     for method in METHODS:
-        keys = sorted({key for pair in per_pair for key in pair[method]})
+        if not any(method in pair for pair in per_pair):
+            continue
+        keys = sorted({key for pair in per_pair if method in pair for key in pair[method]})
         stats: dict[str, Any] = {}
         for key in keys:
-            vals = [pair[method][key] for pair in per_pair if key in pair[method]]
+            vals = [p[method][key] for p in per_pair if method in p and key in p[method]]
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
             stats[key] = {"mean": statistics.fmean(vals), "std": sd, "n": len(vals)}
         result[method] = stats
@@ -171,13 +199,17 @@ def importance_rows(
     tokenizer: Any,
     rows: Sequence[Mapping[str, Any]],
     ks: Sequence[int] = (3, 5),
-    lam: float = 0.7,
-    sigma_div: float = 4.0,
+    variants: Mapping[str, WeightSettings] | None = None,
     tick: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Score every pair of ``rows`` (each with ``critical``) and summarise over pairs."""
+    """Score every pair of ``rows`` (each with ``critical``) and summarise over pairs.
+
+    ``variants``: the weightings to score (default `VARIANTS`; ``"hybrid"`` is always scored).
+    """
     from tidpo.explain import explain_pair
 
+    chosen = dict(variants if variants is not None else VARIANTS)
+    paper = chosen.pop("hybrid", VARIANTS["hybrid"])
     per_pair = []
     for i, row in enumerate(rows):
         crit = row.get("critical") or {}
@@ -185,18 +217,14 @@ def importance_rows(
             key: {normalize_word(w) for c in crit.get(key, []) for w in str(c).split()} - {""}
             for key in ("chosen", "rejected")
         }
-        result = explain_pair(
-            model,
-            tokenizer,
-            row["prompt"],
-            row["chosen"],
-            row["rejected"],
-            None,
-            lam=lam,
-            sigma_div=sigma_div,
-            top_k=max(ks),
-        )
-        scored = score_pair(result["panels"], critical, ks)
+
+        def panels(ws: WeightSettings, row: Mapping[str, Any] = row) -> list[dict[str, Any]]:
+            got = explain_pair(model, tokenizer, row["prompt"], row["chosen"], row["rejected"],
+                               None, top_k=max(ks), weights=ws)  # fmt: skip
+            return list(got["panels"])
+
+        others = {name: panels(ws) for name, ws in chosen.items()}
+        scored = score_pair(panels(paper), critical, ks, others)
         if scored is not None:
             per_pair.append(scored)
         if tick is not None:

@@ -7,7 +7,8 @@ and runs no forward, so it can be tested on hand-made tensors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +19,14 @@ from tidpo.config import TIDPOConfig
 from tidpo.functional.losses import Reduction
 from tidpo.functional.weights import Scale
 
-__all__ = ["StepTensors", "label_weights", "step_loss", "token_weights", "weight_span_mask"]
+__all__ = [
+    "StepTensors",
+    "WeightSettings",
+    "label_weights",
+    "step_loss",
+    "token_weights",
+    "weight_span_mask",
+]
 
 
 @dataclass
@@ -55,11 +63,30 @@ def weight_span_mask(attention_mask: Tensor, response_mask: Tensor, span: str) -
     return labels
 
 
+@dataclass(frozen=True)
+class WeightSettings:
+    """How token weights are made: the ``TIDPOConfig`` fields that decide them (so that explain
+    and the importance study weigh tokens exactly as training does)."""
+
+    weighting: str = "hybrid"
+    importance_lambda: float = 0.7
+    sigma_div: float = 4.0
+    weight_scale: str = "mean"
+    special_tokens: str = "attribute"
+    weight_cap: float | None = None
+    attribution_target: str = "max_logit"
+
+    @classmethod
+    def of(cls, cfg: Any) -> WeightSettings:
+        """The settings of a `TIDPOConfig` (or anything with the same fields)."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
+
+
 def token_weights(
-    cfg: TIDPOConfig,
+    cfg: WeightSettings | TIDPOConfig,
     scores: Tensor | None,
     span: Tensor,
-    generator: torch.Generator | None,
+    generator: torch.Generator | None = None,
     special: Tensor | None = None,
 ) -> Tensor:
     """Token weights of the configured ``weighting`` (Eq. 8 for ``hybrid``) on ``span``, detached,
@@ -68,17 +95,18 @@ def token_weights(
 
     ``scores``, ``span`` and ``special`` share one coordinate system; the weights come back in it.
     """
-    w = _base_weights(cfg, scores, span, generator,
-                      special if cfg.special_tokens == "prior" else None)  # fmt: skip
-    if cfg.special_tokens == "mean" and special is not None:
+    ws = cfg if isinstance(cfg, WeightSettings) else WeightSettings.of(cfg)
+    w = _base_weights(ws, scores, span, generator,
+                      special if ws.special_tokens == "prior" else None)  # fmt: skip
+    if ws.special_tokens == "mean" and special is not None:
         w = F.mean_weight_for(w, span, special)
-    if cfg.weight_cap is not None:
-        w = F.cap_weights(w, span, cfg.weight_cap)
+    if ws.weight_cap is not None:
+        w = F.cap_weights(w, span, ws.weight_cap)
     return w
 
 
 def _base_weights(
-    cfg: TIDPOConfig,
+    cfg: WeightSettings,
     scores: Tensor | None,
     span: Tensor,
     generator: torch.Generator | None,

@@ -17,6 +17,15 @@ from tidpo.errors import TidpoError
 __all__ = ["experiment_command"]
 
 
+def _worker(text: str) -> tuple[int, int]:
+    from tidpo.experiment import ExperimentError
+
+    index, sep, count = text.partition("/")
+    if not sep or not index.strip().isdigit() or not count.strip().isdigit():
+        raise ExperimentError(f"--worker: must be I/N (e.g. 0/2); got {text!r}")
+    return int(index), int(count)
+
+
 def experiment_command(
     study: Annotated[str, typer.Argument(help="ablation, noise, importance or all.")],
     model: Annotated[
@@ -40,11 +49,19 @@ def experiment_command(
     ] = None,
     real_data: Annotated[
         Path | None,
-        typer.Option(help="Folder of real preference pairs (*.jsonl) for the importance study."),
+        typer.Option(
+            help="Folder of real held-out preference pairs (*.jsonl): reward metrics "
+            "and the importance study. Never train on them."
+        ),
     ] = None,
     precision: Annotated[
-        str, typer.Option(help="auto (bf16 where native, else fp32) | fp32 | bf16 | fp16")
-    ] = "auto",
+        str | None,
+        typer.Option(help="auto | fp32 | bf16 | fp16 (default: the budget's; medium: fp32)"),
+    ] = None,
+    worker: Annotated[
+        str,
+        typer.Option(help="I/N: run every N-th trained step from the I-th (N processes, one out)."),
+    ] = "0/1",
     report_only: Annotated[
         bool, typer.Option(help="Write the tables from finished arms; run nothing.")
     ] = False,
@@ -67,6 +84,7 @@ def experiment_command(
             console=console,
             real_data=real_data,
             precision=precision,
+            worker=_worker(worker),
         )
     except TidpoError as err:
         console.print(f"[red]error[/]: {err}")

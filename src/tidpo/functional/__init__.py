@@ -9,6 +9,7 @@ from tidpo.functional.attribution import (
     last_token_index,
     last_token_max_logit,
     position_ids_from_mask,
+    response_logprob,
 )
 from tidpo.functional.baselines import (
     cdpo_loss,
@@ -53,6 +54,7 @@ __all__ = [
     "per_token_logps",
     "position_ids_from_mask",
     "random_weights",
+    "response_logprob",
     "robust_loss",
     "sequential_kl",
     "simpo_loss",

@@ -13,6 +13,11 @@ __all__ = ["lm_head_logps", "per_token_logps", "sequential_kl"]
 _CHUNK = 256
 
 
+def _rows_per_chunk(vocab: int) -> int:
+    """Rows of a ``[rows, vocab]`` chunk of about 32M elements (128 MB in fp32), 64 to 4096."""
+    return max(64, min(4096, (1 << 25) // max(vocab, 1)))
+
+
 class _LabelLogProb(torch.autograd.Function):
     """log softmax(logits)[label], computed chunk by chunk in fp32.
 
@@ -86,7 +91,9 @@ class _HeadLogProb(torch.autograd.Function):
     """log softmax(h W^T + b)[label] for rows of final hidden states, projected chunk by chunk.
 
     Forward keeps the fp32 log-normaliser of each row (not the logits); backward recomputes each
-    chunk's logits, turns them into the gradient in place and ends with two matrix products.
+    chunk's logits, turns them into the gradient in place and multiplies it into the gradients of
+    the hidden states and the weight chunk by chunk, so no ``[rows, V]`` tensor of all rows is
+    ever built (``_rows_per_chunk``: about 32M elements a chunk).
     """
 
     @staticmethod
@@ -104,9 +111,10 @@ class _HeadLogProb(torch.autograd.Function):
         acc = torch.promote_types(dtype, torch.float32)  # softmax math: fp32 at least
         out = torch.empty(n, dtype=acc, device=h.device)
         lse = torch.empty(n, dtype=acc, device=h.device)
+        rows = _rows_per_chunk(w.shape[0])
         with torch.autocast(h.device.type, enabled=False):
-            for start in range(0, n, _CHUNK):
-                sl = slice(start, start + _CHUNK)
+            for start in range(0, n, rows):
+                sl = slice(start, start + rows)
                 logits = _project(h[sl], w, b)
                 logp = torch.log_softmax(logits, dim=-1, dtype=acc)
                 out[sl] = logp.gather(-1, labels[sl, None]).squeeze(-1)
@@ -122,21 +130,29 @@ class _HeadLogProb(torch.autograd.Function):
         w = weight.to(ctx.dtype)
         b = bias.to(ctx.dtype) if bias is not None else None
         go = grad_out.to(lse.dtype)
-        grad_logits = torch.empty((h.shape[0], w.shape[0]), dtype=ctx.dtype, device=h.device)
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        acc = lse.dtype
+        grad_h = torch.empty_like(h, dtype=ctx.hidden_dtype) if need_h else None
+        grad_w = torch.zeros(w.shape, dtype=acc, device=h.device) if need_w else None
+        grad_b = torch.zeros(w.shape[0], dtype=acc, device=h.device) if need_b else None
+        rows = _rows_per_chunk(w.shape[0])
         with torch.autocast(h.device.type, enabled=False):
-            for start in range(0, h.shape[0], _CHUNK):
-                sl = slice(start, start + _CHUNK)
-                # d log p_y / d z_v = 1[v = y] - softmax(z)_v, times the incoming gradient
-                g = _project(h[sl], w, b).to(lse.dtype)
+            for start in range(0, h.shape[0], rows):
+                sl = slice(start, start + rows)
+                # d log p_y / d z_v = 1[v = y] - softmax(z)_v, times the incoming gradient;
+                # one chunk of rows at a time: no [rows, V] gradient of all rows at once
+                g = _project(h[sl], w, b).to(acc)
                 g.sub_(lse[sl, None]).exp_().mul_(-go[sl, None])
                 g.scatter_add_(-1, labels[sl, None], go[sl, None])
-                grad_logits[sl] = g
-            need_h, need_w, need_b = ctx.needs_input_grad[:3]
-            grad_h = (grad_logits @ w).to(ctx.hidden_dtype) if need_h else None
-            grad_w = (grad_logits.t() @ h).to(weight.dtype) if need_w else None
-            grad_b = None
-            if need_b and bias is not None:
-                grad_b = grad_logits.sum(0, dtype=torch.float32).to(bias.dtype)
+                g_low = g.to(ctx.dtype)
+                if grad_h is not None:
+                    grad_h[sl] = (g_low @ w).to(ctx.hidden_dtype)
+                if grad_w is not None:
+                    grad_w.add_((g_low.t() @ h[sl]).to(acc))
+                if grad_b is not None:
+                    grad_b.add_(g.sum(0))
+        grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
+        grad_b = grad_b.to(bias.dtype) if grad_b is not None and bias is not None else None
         return grad_h, grad_w, grad_b, None, None
 
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,7 +17,8 @@ from transformers import PreTrainedTokenizerBase
 
 from tidpo.collate import PreferenceCollator
 from tidpo.data import tokenize_dataset
-from tidpo.functional import gradient_attribution, hybrid_weights
+from tidpo.functional import gradient_attribution
+from tidpo.objective import WeightSettings, token_weights
 
 __all__ = ["explain_fixed_pairs", "pick_pairs", "weight_samples"]
 
@@ -48,11 +50,11 @@ def explain_fixed_pairs(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     pairs: Sequence[Mapping[str, Any]],
-    lam: float,
-    sigma_div: float,
+    weights: WeightSettings,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """`tidpo.explain.explain_pair` for each pair, with an anchor sampled from ``model``."""
+    """`tidpo.explain.explain_pair` for each pair (weights made as the run makes them), with an
+    anchor sampled from ``model``."""
     from tidpo.explain import explain_pair, generate_anchor
 
     out = []
@@ -60,7 +62,7 @@ def explain_fixed_pairs(
         anchor = generate_anchor(model, tokenizer, pair["prompt"], seed=seed + i)
         result = explain_pair(
             model, tokenizer, pair["prompt"], pair["chosen"], pair["rejected"], anchor,
-            lam=lam, sigma_div=sigma_div, anchor_source="generated",
+            anchor_source="generated", weights=weights,
         )  # fmt: skip
         result["category"] = pair.get("category")
         out.append(result)
@@ -71,12 +73,12 @@ def weight_samples(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     rows: Sequence[Mapping[str, Any]],
-    lam: float,
-    sigma_div: float,
+    weights: WeightSettings,
     max_length: int,
     batch_size: int = 4,
 ) -> dict[str, list[float]]:
-    """Hybrid weights (mean 1 per response, Eq. 8) of every response token of ``rows``.
+    """Token weights (mean 1 per response; Eq. 8 unless the run weighs otherwise) of every
+    response token of ``rows``.
 
     Returns ``{"chosen": [...], "rejected": [...]}`` for the weight histogram (paper Fig. 4).
     """
@@ -92,8 +94,10 @@ def weight_samples(
         batch = collate(feats[start : start + batch_size])
         ids, am = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         span = batch["response_mask"].to(device)
-        scores = gradient_attribution(model, ids, am)
-        w = hybrid_weights(scores, span, lam, sigma_div, "mean")
+        scores = gradient_attribution(model, ids, am, weights.attribution_target, span)
+        special = torch.isin(ids, torch.tensor(tokenizer.all_special_ids, device=device))
+        w = token_weights(dataclasses.replace(weights, weight_scale="mean"), scores, span,
+                          special=special)  # fmt: skip
         b = ids.shape[0] // 2
         for name, rows_slice in (("chosen", slice(0, b)), ("rejected", slice(b, 2 * b))):
             sel = span[rows_slice].bool()

@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tidpo.config import TIDPOConfig
 from tidpo.evaluation import EvalSettings, evaluate, load_rows, write_json_atomic
+from tidpo.objective import WeightSettings
 from tidpo.report.collect import explain_fixed_pairs, pick_pairs, weight_samples
 from tidpo.report.html import write_report
 
@@ -51,8 +52,8 @@ class ReportJob:
         t = time.perf_counter()
         pairs = pick_pairs(self._rows(), self.n_pairs)
         with self.cfg.precision_choice.autocast():  # the run's precision
-            result = explain_fixed_pairs(model, tokenizer, pairs, self.cfg.importance_lambda,
-                                         self.cfg.sigma_div, seed=self.cfg.seed)  # fmt: skip
+            result = explain_fixed_pairs(model, tokenizer, pairs, WeightSettings.of(self.cfg),
+                                         seed=self.cfg.seed)  # fmt: skip
         write_json_atomic({"pairs": result}, path)
         self._say(
             f"explained {len(pairs)} test pairs before training ({time.perf_counter() - t:.0f} s)"
@@ -70,11 +71,10 @@ class ReportJob:
         t = time.perf_counter()
         rows = self._rows()
         pairs = pick_pairs(rows, self.n_pairs)
-        after = explain_fixed_pairs(model, tokenizer, pairs, self.cfg.importance_lambda,
-                                    self.cfg.sigma_div, seed=self.cfg.seed)  # fmt: skip
+        ws = WeightSettings.of(self.cfg)
+        after = explain_fixed_pairs(model, tokenizer, pairs, ws, seed=self.cfg.seed)
         write_json_atomic({"pairs": after}, self.run / "report" / "explain_after.json")
-        weights = weight_samples(model, tokenizer, rows[: self.weight_rows],
-                                 self.cfg.importance_lambda, self.cfg.sigma_div,
+        weights = weight_samples(model, tokenizer, rows[: self.weight_rows], ws,
                                  self.cfg.max_length)  # fmt: skip
         write_json_atomic(weights, self.run / "report" / "weights.json")
         self._say(f"explained the pairs after training ({time.perf_counter() - t:.0f} s)")
