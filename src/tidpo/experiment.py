@@ -258,15 +258,17 @@ def run_experiment(
     if "importance" in studies and index == 0 and (got := exp.importance()):
         results["importance"] = got
     arms = _arms(studies, chosen)
-    if any("base" in STUDIES[s] for s in studies) or arms:
-        got = exp.base_result() if index == 0 or report_only else exp.wait_for_base()
-        if got:
-            results["base"] = got
+    needs_base = any("base" in STUDIES[s] for s in studies) or bool(arms)
+    if needs_base and index == 0 and (got := exp.base_result()):
+        results["base"] = got
+    exp.wait_for_base_before_eval = index != 0 and not report_only
     per_arm: dict[str, list[dict[str, Any]]] = {a: [] for a in arms}
     order = [(seed, name) for seed in exp.seeds for name in arms]  # seed-major: whole seeds
     for k, (seed, name) in enumerate(order):
         if got := exp.arm_result(name, seed, mine=k % workers == index):
             per_arm[name].append(got)
+    if needs_base and index != 0 and (got := exp.wait_for_base(report_only)):
+        results["base"] = got
     results["arms"] = per_arm
     wall = time.perf_counter() - started
     done = [r for rs in per_arm.values() for r in rs]

@@ -113,6 +113,7 @@ class Experiment:
         self.ran: list[str] = []
         self.missing: list[str] = []
         self.report_only = False
+        self.wait_for_base_before_eval = False  # another worker makes the base result
 
     # -------------------------------------------------------------------------------- items
     def eval_rows(self) -> list[dict[str, Any]]:
@@ -244,24 +245,31 @@ class Experiment:
         return self.step(f"{name} seed {seed}", folder / "result.json",
                          lambda: self._train_eval(name, seed, folder), mine)  # fmt: skip
 
-    def wait_for_base(self, poll_s: float = 10.0) -> dict[str, Any]:
-        """The base model's result, written by worker 0: wait until it is there."""
+    def wait_for_base(self, report_only: bool = False, poll_s: float = 10.0) -> dict[str, Any]:
+        """The base model's result, written by worker 0: wait until it is there (with
+        ``report_only``, whatever is there now)."""
         path = self.out / "base" / "result.json"
-        while not path.exists():
+        while not path.exists() and not report_only:
             time.sleep(poll_s)
         return self.base_result()
+
+    def _check_base(self) -> list[Any]:
+        """The base model's log-probs on the real pairs, checked to be this run's pairs."""
+        base_real: list[Any] = self.base_result()["items"]["real_logps"]
+        if len(base_real) != len(self.real_rows()):
+            raise ExperimentError(
+                f"{self.out}/base: made with other real pairs (--real-data) "
+                "than this run's; use the same --real-data or another --out"
+            )
+        return base_real
 
     def _train_eval(self, name: str, seed: int, folder: Path) -> dict[str, Any]:
         """Flip labels if the arm says so, train, evaluate against the base model, free memory."""
         from tidpo.evaluation import load_rows
         from tidpo.run import RunOptions, run_training
 
-        base_real = self.base_result()["items"]["real_logps"]
-        if len(base_real) != len(self.real_rows()):  # checked before any training
-            raise ExperimentError(
-                f"{self.out}/base: made with other real pairs (--real-data) "
-                "than this run's; use the same --real-data or another --out"
-            )
+        if not self.wait_for_base_before_eval:
+            self._check_base()  # before any training
         arm = ARMS[name]
         data, flipped = self.train_path, list[int]()
         if arm.noise:
@@ -284,13 +292,9 @@ class Experiment:
         train_s = time.perf_counter() - started
         model = load_causal_lm(run_dir / "model", dtype=torch.float32,
                                device=self.precision.device)  # fmt: skip
-        base_real = self.base_result()["items"]["real_logps"]
-        if len(base_real) != len(self.real_rows()):
-            raise ExperimentError(
-                f"{self.out}/base: made with other real pairs (--real-data) "
-                "than this run's; use the same --real-data or another --out"
-            )
-        got = self.evaluate_model(model, base_real)
+        if self.wait_for_base_before_eval:
+            self.wait_for_base()
+        got = self.evaluate_model(model, self._check_base())
         del model
         gc.collect()
         shutil.rmtree(run_dir / "model", ignore_errors=True)  # 0.5 GB each; metrics stay
