@@ -251,18 +251,22 @@ def _peak(r: dict[str, Any]) -> float:
 
 
 def _marks(r: dict[str, Any]) -> str:
-    """``<= 1.1 met, mem met``: each target of this row, met or missed."""
-    marks = []
-    large = r["vocab_size"] is not None
+    """``time ok, mem ok``: each target of this row (see `targets`), met or missed."""
+    return ", ".join(f"{what} {'[green]ok[/]' if ok else '[red]missed[/]'}"
+                     for what, _, ok in targets(r))  # fmt: skip
+
+
+def targets(r: dict[str, Any]) -> list[tuple[str, float, bool]]:
+    """``[(what, limit, met)]`` for one result row: its step-time ratio to TRL (`TARGETS`) and
+    its peak memory ratio (<= 1 of TRL's; <= `LARGE_MEMORY_TARGET` at the large vocabulary)."""
+    out = []
     target = TARGETS.get(r["config"])
     if target is not None and r["ratio_to_trl"] is not None:
-        ok = r["ratio_to_trl"] <= target
-        marks.append(f"time <= {target} " + ("[green]met[/]" if ok else "[red]missed[/]"))
+        out.append(("time", target, r["ratio_to_trl"] <= target))
     if r["config"] != "trl_dpo" and r["memory_to_trl"] is not None:
-        limit = LARGE_MEMORY_TARGET if large else 1.0
-        ok = r["memory_to_trl"] <= limit
-        marks.append(f"mem <= {limit} " + ("[green]met[/]" if ok else "[red]missed[/]"))
-    return ", ".join(marks)
+        limit = LARGE_MEMORY_TARGET if r["vocab_size"] is not None else 1.0
+        out.append(("mem", limit, r["memory_to_trl"] <= limit))
+    return out
 
 
 def results_table(results: list[dict[str, Any]], opts: BenchOptions, precision: str) -> Any:
@@ -272,18 +276,35 @@ def results_table(results: list[dict[str, Any]], opts: BenchOptions, precision: 
     title = (f"tidpo bench: {opts.batch} pairs, {opts.steps} steps x {opts.repeats} round(s); "
              f"{precision}")  # fmt: skip
     table = Table(title=title)
-    memory = "peak GPU MB" if any(r.get("peak_gpu_mb") for r in results) else "peak RSS MB"
-    for col in ("config", "vocab x tokens", "median s/step", "mean s/step", "CPU s/step",
-                "tokens/s", memory, "x TRL time", "x TRL mem", "targets"):  # fmt: skip
-        table.add_column(col, justify="left" if col == "config" else "right")
+    memory = "GPU MB" if any(r.get("peak_gpu_mb") for r in results) else "RSS MB"
+    for col in ("config", "vocab x len", "median s", "mean s", "tok/s", memory, "x TRL",
+                "mem x TRL", "targets"):  # fmt: skip
+        table.add_column(col, justify="left" if col in ("config", "targets") else "right")
     for r in results:
         ratio, mem = r["ratio_to_trl"], r["memory_to_trl"]
         shape = f"{r['vocab_size'] or 'model'} x {r['max_length']}"
         table.add_row(r["config"], shape, f"{r['median_step_s']:.2f}", f"{r['mean_step_s']:.2f}",
-                      f"{r['median_cpu_s']:.2f}", f"{r['tokens_per_s']:.0f}", f"{_peak(r):.0f}",
+                      f"{r['tokens_per_s']:.0f}", f"{_peak(r):.0f}",
                       "-" if ratio is None else f"{ratio:.2f}",
                       "-" if mem is None else f"{mem:.2f}", _marks(r))  # fmt: skip
     return table
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    """The results as a Markdown table (for the README)."""
+    memory = "peak GPU MB" if any(r.get("peak_gpu_mb") for r in results) else "peak RSS MB"
+    lines = [f"| config | vocab x tokens | median s/step | mean s/step | tokens/s | {memory} | "
+             "x TRL time | x TRL memory | targets |", "|---" * 9 + "|"]  # fmt: skip
+    for r in results:
+        marks = ", ".join(
+            f"{w} <= {lim:g} {'met' if ok else 'MISSED'}" for w, lim, ok in targets(r)
+        )
+        lines.append(
+            f"| {r['config']} | {r['vocab_size'] or 'model'} x {r['max_length']} | "
+            f"{r['median_step_s']:.2f} | {r['mean_step_s']:.2f} | {r['tokens_per_s']:.0f} | "
+            f"{_peak(r):.0f} | {r['ratio_to_trl']:.2f} | {r['memory_to_trl']:.2f} | {marks} |"
+        )
+    return "\n".join(lines)
 
 
 def write_json(results: list[dict[str, Any]], path: Path) -> None:
