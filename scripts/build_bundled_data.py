@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build tidpo's bundled preference dataset: ``src/tidpo/bundled/{train,test}.jsonl``.
+"""Build tidpo's bundled preference dataset: ``src/tidpo/data/bundled/{train,test}.jsonl``.
 
 Deterministic (fixed seed), offline and stdlib-only. All content is written for this project:
 hand-written lists in ``bundled_content.py`` / ``bundled_tasks.py`` plus seeded templates
@@ -29,7 +29,7 @@ import bundled_tasks
 SEED = 20260
 TEST_FRACTION = 0.15
 ROOT = Path(__file__).resolve().parents[1]
-OUT_DIR = ROOT / "src" / "tidpo" / "bundled"
+OUT_DIR = ROOT / "src" / "tidpo" / "data" / "bundled"
 CATEGORIES = {  # category -> id prefix
     "helpful": "helpful",
     "safety": "safety",
@@ -49,8 +49,8 @@ Critical = tuple[list[str], list[str]]  # (critical words of chosen, of rejected
 
 
 def load_checks() -> ModuleType:
-    """Import ``src/tidpo/checks.py`` by path (it is stdlib-only; tidpo need not be installed)."""
-    spec = importlib.util.spec_from_file_location("_tidpo_checks", ROOT / "src/tidpo/checks.py")
+    """Import ``src/tidpo/analysis/checks.py`` by path (it is stdlib-only; tidpo need not be installed)."""
+    spec = importlib.util.spec_from_file_location("_tidpo_checks", ROOT / "src/tidpo/analysis/checks.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

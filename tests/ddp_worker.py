@@ -23,10 +23,10 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import tidpo.trainer as trainer_module
-from tidpo.config import TIDPOConfig
+import tidpo.training.trainer as trainer_module
 from tidpo.data import load_preferences
-from tidpo.trainer import TIDPOTrainer
+from tidpo.training.config import TIDPOConfig
+from tidpo.training.trainer import TIDPOTrainer
 
 
 def _value(raw: str) -> Any:

@@ -334,7 +334,7 @@ def test_disk_full_while_writing_a_checkpoint(
         )
 
     monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", full_disk)
-    monkeypatch.setattr("tidpo.run._free_bytes", lambda where: 0)  # the disk is full
+    monkeypatch.setattr("tidpo.training.runfolder._free_bytes", lambda where: 0)  # the disk is full
     out = tmp_path / "run"
     steps = ["--set", "save_strategy=steps", "--set", "save_steps=1"]
     result = _train("--model", str(tiny_model_dir), "--output-dir", str(out), *FAST,
@@ -362,7 +362,7 @@ import sys
 import torch
 from pathlib import Path
 from safetensors.torch import save_file
-from tidpo.run import _write_failure
+from tidpo.training.runfolder import write_failure
 
 disk = Path(sys.argv[1])
 big = {"w": torch.zeros(1 << 20)}  # 4 MB, on a 1 MB file system
@@ -376,14 +376,14 @@ for name, write in (("safetensors", lambda: save_file(big, str(disk / "model.saf
         (disk / "model.safetensors").unlink(missing_ok=True)
         (disk / "optimizer.pt").unlink(missing_ok=True)
         (disk / "config.yaml").unlink(missing_ok=True)
-        print(name, type(err).__name__, "->", _write_failure(err, disk))
+        print(name, type(err).__name__, "->", write_failure(err, disk))
 """
 
 
 @pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs unshare -m and mount (root)")
 def test_a_really_full_disk_is_recognised(tmp_path: Path) -> None:
     """On a real full file system (a 1 MB tmpfs in a private mount namespace) safetensors raises
-    SafetensorError and torch.save a RuntimeError, not OSError: `_write_failure` (which turns
+    SafetensorError and torch.save a RuntimeError, not OSError: `write_failure` (which turns
     them into the one-line message) must recognise all three."""
     disk = tmp_path / "disk"
     disk.mkdir()

@@ -10,8 +10,8 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from tidpo.bench import CONFIGS, bench_rows
-from tidpo.commands.bench_cmd import bench_command
+from tidpo.cli.bench import bench_command
+from tidpo.studies.bench import CONFIGS, bench_rows
 
 
 def _app() -> typer.Typer:

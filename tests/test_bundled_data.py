@@ -1,4 +1,4 @@
-"""Invariants of the bundled preference dataset (src/tidpo/bundled/{train,test}.jsonl)."""
+"""Invariants of the bundled preference dataset (src/tidpo/data/bundled/{train,test}.jsonl)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tidpo.checks import CHECK_TYPES, has_word, passes
+from tidpo.analysis.checks import CHECK_TYPES, has_word, passes
 
 CATEGORIES = (
     "helpful",
@@ -45,7 +45,7 @@ Row = dict[str, Any]
 
 
 def _load(split: str) -> list[Row]:
-    text = (files("tidpo") / "bundled" / f"{split}.jsonl").read_text(encoding="utf-8")
+    text = (files("tidpo.data") / "bundled" / f"{split}.jsonl").read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
@@ -147,5 +147,5 @@ def test_generator_is_deterministic_and_files_are_current(tmp_path: Path) -> Non
     )
     for split in ("train", "test"):
         fresh = (tmp_path / f"{split}.jsonl").read_text(encoding="utf-8")
-        shipped = (files("tidpo") / "bundled" / f"{split}.jsonl").read_text(encoding="utf-8")
+        shipped = (files("tidpo.data") / "bundled" / f"{split}.jsonl").read_text(encoding="utf-8")
         assert fresh == shipped, f"{split}.jsonl is stale: rerun scripts/build_bundled_data.py"

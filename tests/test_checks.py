@@ -1,4 +1,4 @@
-"""Unit tests for the verifiable checks in tidpo.checks."""
+"""Unit tests for the verifiable checks in tidpo.analysis.checks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ from decimal import Decimal
 
 import pytest
 
-from tidpo.checks import CHECK_TYPES, REFUSAL_MARKERS, describe, find_numbers, has_word, passes
+from tidpo.analysis.checks import (
+    CHECK_TYPES,
+    REFUSAL_MARKERS,
+    describe,
+    find_numbers,
+    has_word,
+    passes,
+)
 
 
 def test_check_types_constant() -> None:

@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from tidpo.cli import app
-from tidpo.run import bundled_dataset
+from tidpo.data import bundled_dataset
 
 runner = CliRunner()
 FAST = ["--set", "max_length=64", "--set", "anchor_max_new_tokens=4", "--set", "save_steps=2"]
@@ -108,3 +108,40 @@ def test_real_smollm2_two_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     assert sum(p.numel() for p in model.parameters()) > 100_000_000
+
+
+def test_yaml_resume_key_resumes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A run key in the YAML file counts like its flag: ``resume: true`` resumes."""
+    out = tmp_path / "run"
+    base = {"model": str(tiny_model_dir), "max_length": 64, "save_steps": 1, "loss": "dpo",
+            "output_dir": str(out)}  # fmt: skip
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(base))
+    code, output = _train("--config", str(cfg), "--max-steps", "1")
+    assert code == 0, output
+    cfg.write_text(yaml.safe_dump({**base, "resume": True}))
+    code, output = _train("--config", str(cfg), "--max-steps", "2")
+    assert code == 0, output
+    assert "resuming from" in output
+    steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps if "loss" in r] == [1, 2]
+
+
+def test_yaml_duplicate_key_is_an_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("beta: 0.1\nloss: dpo\nbeta: 0.3\n")
+    code, output = _train("--config", str(cfg), "--output-dir", str(tmp_path / "r"))
+    assert code == 2 and "line 3: key 'beta' is given twice" in output
+
+
+@pytest.mark.slow
+def test_readme_python_example_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's "In Python" block, run as written (1 step, in a temporary folder)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## In Python", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    assert "from tidpo import TIDPOConfig, TIDPOTrainer, load_preferences" in block
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block.replace("max_steps=10", "max_steps=1"), "README.md", "exec"), {})
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "runs" / "python" / "model")

@@ -25,8 +25,8 @@ from typer.testing import CliRunner
 
 from test_trainer import PAIRS, _config, _data, _trainer
 from tidpo.cli import app
-from tidpo.config import ConfigError, TIDPOConfig
-from tidpo.trainer import TIDPOTrainer
+from tidpo.training.config import ConfigError, TIDPOConfig
+from tidpo.training.trainer import TIDPOTrainer
 
 
 def _perturbed_loss(trainer: TIDPOTrainer, seed: int = 0) -> tuple[torch.Tensor, dict[str, Any]]:

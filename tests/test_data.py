@@ -11,8 +11,8 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-from tidpo.collate import PreferenceCollator, response_aligned
 from tidpo.data import DataError, load_preferences, tokenize_dataset, tokenize_row
+from tidpo.data.collate import PreferenceCollator, response_aligned
 from tidpo.errors import TidpoError
 
 ROWS = [

@@ -137,7 +137,7 @@ def test_num_processes_command_line(
     tiny_model_dir: Path, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The re-launch keeps every other option; a failed launch is one line and exit code 2."""
-    import tidpo.launch
+    import tidpo.training.launch
     from tidpo.cli import app
 
     calls: list[tuple[list[str], dict[str, str]]] = []
@@ -146,7 +146,7 @@ def test_num_processes_command_line(
         calls.append((cmd, env))
         return subprocess.CompletedProcess(cmd, 1)
 
-    monkeypatch.setattr(tidpo.launch.subprocess, "run", fake_run)
+    monkeypatch.setattr(tidpo.training.launch.subprocess, "run", fake_run)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     out = tmp_path / "run"
     args = ["train", "--model", str(tiny_model_dir), "--dataset", str(data), "--num-processes",

@@ -13,8 +13,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from tidpo.commands.eval_cmd import eval_command
-from tidpo.diversity import (
+from tidpo.analysis.diversity import (
     distinct_n,
     entropy_from_logits,
     generate_responses,
@@ -23,7 +22,7 @@ from tidpo.diversity import (
     sentence_bleu,
     word_tokens,
 )
-from tidpo.evaluation import (
+from tidpo.analysis.evaluation import (
     EvalError,
     EvalSettings,
     evaluate,
@@ -34,8 +33,9 @@ from tidpo.evaluation import (
     win_rate,
     write_json_atomic,
 )
-from tidpo.models import load_causal_lm, load_tokenizer
-from tidpo.run import bundled_dataset
+from tidpo.cli.eval import eval_command
+from tidpo.data import bundled_dataset
+from tidpo.training.models import load_causal_lm, load_tokenizer
 
 # ---------------------------------------------------------------------------------------------
 # Diversity metrics on hand-made strings

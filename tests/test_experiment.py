@@ -12,15 +12,16 @@ import typer
 from rich.console import Console
 from typer.testing import CliRunner
 
-from tidpo import experiment
-from tidpo.experiment import ExperimentError, flip_labels, run_experiment
-from tidpo.importance_study import (
+from tidpo.analysis.importance import (
     difference_critical,
     normalize_word,
     precision_recall_at_k,
     random_expectation,
     score_pair,
 )
+from tidpo.studies import arms as experiment
+from tidpo.studies.arms import ExperimentError, flip_labels
+from tidpo.studies.experiment import run_experiment
 
 
 def _rows(n: int) -> list[dict[str, Any]]:
@@ -180,7 +181,7 @@ def test_medium_budget_is_one_pass_in_fp32() -> None:
 
 
 def test_noise_study_writes_the_flipped_data(all_run: tuple[Path, dict[str, Any]]) -> None:
-    from tidpo.run import bundled_dataset
+    from tidpo.data import bundled_dataset
 
     out, summary = all_run
     flipped = out / "seed-0" / "dpo-noise20" / "train-flipped.jsonl"
@@ -246,7 +247,7 @@ def test_bad_options() -> None:
 
 
 def test_command_reports_errors_with_exit_code_2() -> None:
-    from tidpo.commands.experiment_cmd import experiment_command
+    from tidpo.cli.experiment import experiment_command
 
     app = typer.Typer()
     app.command("experiment")(experiment_command)

@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from tidpo.experiment_stats import (
+from tidpo.studies.stats import (
     mean_interval,
     paired_bootstrap,
     paired_seeds,

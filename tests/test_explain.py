@@ -14,8 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 from browser import image_stats, screenshot
-from tidpo.commands.explain_cmd import explain_command
-from tidpo.explain import (
+from tidpo.analysis.explain import (
     explain_pair,
     generate_anchor,
     merge_tokens,
@@ -23,8 +22,10 @@ from tidpo.explain import (
     top_words,
     write_explain,
 )
-from tidpo.explain_render import COLOUR_STOPS, colour, render_html
-from tidpo.run import bundled_dataset
+from tidpo.analysis.explain_render import COLOUR_STOPS, colour, render_html
+from tidpo.cli.explain import explain_command
+from tidpo.data import bundled_dataset
+from tidpo.training.config import AnchorSampling
 
 PROMPT = "I have a headache, what should I do?"
 CHOSEN = "Rest, drink water.\n\nIf it persists, see a doctor."
@@ -177,7 +178,7 @@ def test_same_colour_scale_across_panels() -> None:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir: Path) -> tuple[Any, Any]:
-    from tidpo.models import load_causal_lm, load_tokenizer
+    from tidpo.training.models import load_causal_lm, load_tokenizer
 
     return load_causal_lm(tiny_model_dir, dtype=torch.float32), load_tokenizer(tiny_model_dir)
 
@@ -242,9 +243,9 @@ def test_generate_anchor_is_seeded_and_restores_rng(tiny: tuple[Any, Any]) -> No
     model, tok = tiny
     torch.manual_seed(123)
     state = torch.get_rng_state()
-    a = generate_anchor(model, tok, PROMPT, seed=1, max_new_tokens=8)
+    a = generate_anchor(model, tok, PROMPT, seed=1, sampling=AnchorSampling(max_new_tokens=8))
     assert torch.equal(torch.get_rng_state(), state)
-    b = generate_anchor(model, tok, PROMPT, seed=1, max_new_tokens=8)
+    b = generate_anchor(model, tok, PROMPT, seed=1, sampling=AnchorSampling(max_new_tokens=8))
     assert a == b
 
 

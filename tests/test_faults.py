@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import torch
 
-import tidpo.trainer as trainer_mod
+import tidpo.training.trainer as trainer_mod
 from test_trainer import _config, _data, _logs, _params, _trainer
-from tidpo.trainer import NonFiniteLossError
+from tidpo.training.trainer import NonFiniteLossError
 
 
 def _nan_after(monkeypatch: pytest.MonkeyPatch, good_calls: int) -> None:

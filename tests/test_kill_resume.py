@@ -89,7 +89,7 @@ def test_resume_skips_a_checkpoint_cut_short_and_forgets_later_metrics(tmp_path:
     """A kill (or a full disk) while a checkpoint is written leaves a folder without
     trainer_state.json (the Trainer writes it last): resume from the one before, remove the cut
     one, and drop the metrics logged after the resumed step (they are logged again)."""
-    from tidpo.run import _forget_after, _last_complete_checkpoint
+    from tidpo.training.runfolder import forget_after, last_complete_checkpoint
 
     for step in (2, 3):
         (tmp_path / f"checkpoint-{step}").mkdir()
@@ -98,10 +98,10 @@ def test_resume_skips_a_checkpoint_cut_short_and_forgets_later_metrics(tmp_path:
     (tmp_path / "checkpoint-4" / "model.safetensors").write_bytes(b"half")
     lines = [json.dumps({"step": s, "loss": 0.5}) for s in (1, 2, 3, 4)] + ['{"step": 5, "lo']
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines))
-    last = _last_complete_checkpoint(tmp_path)
+    last = last_complete_checkpoint(tmp_path)
     assert last == tmp_path / "checkpoint-3"
-    _forget_after(tmp_path, last)
+    forget_after(tmp_path, last)
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
     assert [s for s, _ in _losses(tmp_path)] == [1, 2, 3]
-    _forget_after(tmp_path, None)  # nothing to resume from: start again, metrics and all
+    forget_after(tmp_path, None)  # nothing to resume from: start again, metrics and all
     assert (tmp_path / "metrics.jsonl").read_text() == ""

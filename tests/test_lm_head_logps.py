@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM
 
 from tidpo.functional import lm_head_logps, per_token_logps
 from tidpo.functional import logps as logps_mod
-from tidpo.reference import forward_logps, frozen_copy, output_head
+from tidpo.training.forward import output_head, reference_logps
+from tidpo.training.reference import frozen_copy
 
 
 def _exact(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, labels: torch.Tensor,
@@ -110,10 +111,10 @@ def test_forward_logps_fused_equals_logits_path(tiny_model_dir: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     assert output_head(model) is model.get_output_embeddings()
     ids, am, mask = _batch(model.config.vocab_size)
-    plain, _ = forward_logps(model, ids, am, mask)
-    fused, _ = forward_logps(model, ids, am, mask, fused=True)
+    plain, _ = reference_logps(model, ids, am, mask, fused=False)
+    fused, _ = reference_logps(model, ids, am, mask, fused=True)
     assert torch.allclose(plain, fused, atol=1e-5)
-    _, logits = forward_logps(model, ids, am, mask, return_logits=True, fused=True)
+    _, logits = reference_logps(model, ids, am, mask, return_logits=True, fused=True)
     assert logits is not None  # TDPO asks for logits: the plain path
 
 
@@ -137,6 +138,6 @@ def test_frozen_copy_with_bf16_linears_gives_the_same_autocast_logits(
     assert ref16.get_input_embeddings().weight.dtype == torch.float32  # tied head stays fp32
     ids, am, mask = _batch(model.config.vocab_size)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        a, _ = forward_logps(ref32, ids, am, mask, fused=True)
-        b, _ = forward_logps(ref16, ids, am, mask, fused=True)
+        a, _ = reference_logps(ref32, ids, am, mask, fused=True)
+        b, _ = reference_logps(ref16, ids, am, mask, fused=True)
     assert torch.equal(a, b)

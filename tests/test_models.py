@@ -1,4 +1,4 @@
-"""Tests of tidpo.models: resolving names/paths, GGUF conversion, and loading."""
+"""Tests of tidpo.training.models: resolving names/paths, GGUF conversion, and loading."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import smollm2_gguf
-from tidpo import models
 from tidpo.errors import TidpoError
-from tidpo.models import (
+from tidpo.training import models
+from tidpo.training.models import (
     DEFAULT_MODEL,
     ModelLoadError,
     ModelNotFoundError,

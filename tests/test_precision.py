@@ -9,10 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import tidpo.precision as precision
+import tidpo.training.precision as precision
 from tidpo.cli import app
-from tidpo.config import ConfigError, TIDPOConfig
-from tidpo.precision import PrecisionError, choose_precision
+from tidpo.training.config import ConfigError, TIDPOConfig
+from tidpo.training.precision import PrecisionError, choose_precision
 
 
 @pytest.fixture

@@ -32,8 +32,8 @@ import torch
 from datasets import Dataset
 from torch import Tensor
 
-from tidpo.config import TIDPOConfig
-from tidpo.trainer import TIDPOTrainer
+from tidpo.training.config import TIDPOConfig
+from tidpo.training.trainer import TIDPOTrainer
 
 ROWS = [
     {
@@ -56,7 +56,7 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 def models(request: pytest.FixtureRequest, tiny_model_dir: Path) -> tuple[Any, Any, Any, Path]:
     """A model (policy, perturbed so that log-ratios are not 0), its reference, the tokenizer and
     the model's folder: the tiny random Llama, and the default SmolLM2-135M-Instruct."""
-    from tidpo.models import load_causal_lm, load_tokenizer, resolve_model
+    from tidpo.training.models import load_causal_lm, load_tokenizer, resolve_model
 
     path = tiny_model_dir if request.param == "tiny" else resolve_model("default")
     ref = load_causal_lm(path, dtype=torch.float32)
@@ -214,7 +214,7 @@ def test_released_preset_at_the_reference_gives_ln2_and_the_margin(
     tmp_path: Path, models: Any
 ) -> None:
     _, ref, tok, path = models
-    from tidpo.models import load_causal_lm
+    from tidpo.training.models import load_causal_lm
 
     policy = load_causal_lm(path, dtype=torch.float32)  # == the reference
     trainer = _trainer(tmp_path, policy, ref, tok)

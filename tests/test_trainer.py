@@ -13,8 +13,8 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tidpo.config import LOSSES, WEIGHTINGS, ConfigError, TIDPOConfig
-from tidpo.trainer import TIDPOTrainer
+from tidpo.training.config import LOSSES, WEIGHTINGS, ConfigError, TIDPOConfig
+from tidpo.training.trainer import TIDPOTrainer
 
 PAIRS = [
     {

@@ -14,8 +14,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from test_trl_reference import N_PAIRS, _reference_model, _trainer
-from tidpo.config import TIDPOConfig
-from tidpo.trainer import TIDPOTrainer
+from tidpo.training.config import TIDPOConfig
+from tidpo.training.trainer import TIDPOTrainer
 
 
 def test_dpo_loss_logs_match_trl(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ import torch
 
 from test_correctness_paths import _perturbed_loss
 from test_trainer import _config, _trainer
-from tidpo.config import ConfigError
-from tidpo.trainer import TIDPOTrainer
+from tidpo.training.config import ConfigError
+from tidpo.training.trainer import TIDPOTrainer
 
 
 def _weights(tiny_model_dir: Path, tmp_path: Path, **kw: Any) -> tuple[TIDPOTrainer, dict]:

@@ -1,4 +1,4 @@
-"""The TI-DPO math: pure torch functions, each naming its equation in METHOD.md / the paper.
+"""The TI-DPO math: pure torch functions, each naming its equation in the paper (docs/method.md).
 
 Nothing here imports the rest of tidpo; trainers, data and CLI code are thin layers around it.
 """

@@ -1,4 +1,4 @@
-"""Gradient attribution of token importance (METHOD.md section 1, paper Eq. 5-6)."""
+"""Gradient attribution of token importance (paper Eq. 5-6; docs/method.md section 1)."""
 
 from __future__ import annotations
 

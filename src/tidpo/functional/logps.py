@@ -53,7 +53,7 @@ class _LabelLogProb(torch.autograd.Function):
 
 
 def per_token_logps(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
-    """Log-probability of each label under the logits: log pi(y_t | x, y_<t) (METHOD.md notation).
+    """Log-probability of each label under the logits: log pi(y_t | x, y_<t) (docs/method.md).
 
     Args:
         logits: ``[B, T, V]`` in any float dtype; ``logits[:, t]`` scores ``labels[:, t]`` (the
@@ -162,7 +162,7 @@ def lm_head_logps(
     """Per-token log-probabilities log pi(y_t | x, y_<t) straight from the final hidden states.
 
     ``log pi(y_t | x, y_<t) = log softmax(W h_t + b)[y_t]``: the quantity of the per-token
-    log-ratio r_t (METHOD.md notation, Eq. 9-12), equal to
+    log-ratio r_t (docs/method.md notation, Eq. 9-12), equal to
     ``per_token_logps(lm_head(hidden), labels, mask)`` but without ever materialising the
     ``[B, T, V]`` logits: only positions where ``mask`` is 1 are projected, ``_CHUNK`` rows at a
     time, and the backward recomputes each chunk instead of storing it.
@@ -191,7 +191,7 @@ def lm_head_logps(
 
 
 def sequential_kl(policy_logits: Tensor, ref_logits: Tensor, mask: Tensor) -> Tensor:
-    """Sequential KL of TDPO (Zeng et al. 2024), used by the TDPO2 term of METHOD.md section 3.
+    """Sequential KL of TDPO (Zeng et al. 2024), used by the TDPO2 term (docs/method.md, section 3).
 
     ``SeqKL(y) = sum_t KL(pi_ref(. | x, y_<t) || pi_theta(. | x, y_<t))`` over the full vocabulary,
     summed over the positions where ``mask`` is 1.

@@ -33,7 +33,7 @@ def weighted_dpo_loss(
     ``Delta = sum_t w^w_t r^w_t - sum_t w^l_t r^l_t`` (sums over response tokens) and
     ``L = -log sigmoid(beta * Delta)``. With every weight 1 this is standard DPO, and it is ``ln 2``
     when the policy equals the reference. With ``tdpo_alpha > 0`` the released code's weighted
-    TDPO2 variant (METHOD.md section 3) is used:
+    TDPO2 variant (docs/method.md section 3) is used:
     ``L = -log sigmoid(beta * (Delta - alpha * (SeqKL(y_l) - stopgrad(SeqKL(y_w)))))``.
 
     Args:

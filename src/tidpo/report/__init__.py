@@ -1,4 +1,7 @@
-"""The run report: data collected during `tidpo train` and the HTML page built from it."""
+"""The run report: ``report.html`` built from a run folder's files (``metrics.jsonl``,
+``config.yaml``, ``eval.json``, ``report/*.json``). Reads files and draws plots; runs no model.
+May import `tidpo.analysis.explain_render` (the heat-map panels) and the foundation modules.
+"""
 
 from tidpo.report.html import write_report
 

@@ -1,8 +1,8 @@
 """The run report: one self-contained HTML page built from a run folder's files.
 
 Reads ``metrics.jsonl``, ``config.yaml``, ``eval.json`` and ``report/*.json`` (written by
-`tidpo.report.collect` during `tidpo train`); writes ``report.html`` with the PNGs embedded as data
-URIs, so the page opens offline.
+`tidpo.analysis.run_report` during `tidpo train`); writes ``report.html`` with the PNGs embedded
+as data URIs, so the page opens offline. Runs no model.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from tidpo.fileio import write_text_atomic
 from tidpo.report.plots import curves_png, weight_histogram_png
 
 __all__ = ["eval_table_html", "read_metrics", "write_report"]
@@ -98,7 +99,7 @@ def _load_json(path: Path) -> Any:
 
 
 def _explain_section(run: Path) -> str:
-    from tidpo.explain_render import explain_fragment
+    from tidpo.analysis.explain_render import explain_fragment
 
     before = (_load_json(run / "report" / "explain_before.json") or {}).get("pairs", [])
     after = (_load_json(run / "report" / "explain_after.json") or {}).get("pairs", [])
@@ -136,13 +137,11 @@ def write_report(run: str | Path) -> Path:
     ev = _load_json(run / "eval.json")
     body.append("<h2>Evaluation: trained model vs base model (tidpo eval)</h2>")
     body.append(eval_table_html(ev) if ev else "<p>No evaluation in this run.</p>")
-    from tidpo.explain_render import EXPLAIN_CSS
+    from tidpo.analysis.explain_render import EXPLAIN_CSS
 
     page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>tidpo report "
             f"{html.escape(run.name)}</title><style>{CSS}{EXPLAIN_CSS}</style></head><body>"
             f"{''.join(body)}</body></html>")  # fmt: skip
     out = run / "report.html"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    write_text_atomic(out, page)
     return out

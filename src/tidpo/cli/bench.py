@@ -1,0 +1,67 @@
+"""`tidpo bench`: step time and peak memory of tidpo's objectives against TRL's DPOTrainer.
+
+``bench_command`` is a plain typer-annotated function; :mod:`tidpo.cli` registers it with
+``app.command("bench")(bench_command)``. The work is `tidpo.studies.bench.run_bench`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tidpo.cli.boundary import boundary
+from tidpo.cli.options import Debug, Model, PrecisionOpt
+
+__all__ = ["bench_command"]
+
+
+def bench_command(
+    model: Model = None,
+    batch: Annotated[int, typer.Option(help="Preference pairs per step.")] = 2,
+    max_length: Annotated[int, typer.Option(help="Tokens per sequence (prompt + response).")] = 256,
+    steps: Annotated[int, typer.Option(help="Timed optimiser steps per configuration run.")] = 4,
+    warmup: Annotated[int, typer.Option(help="Untimed steps first.")] = 1,
+    repeats: Annotated[
+        int, typer.Option(help="Rounds over all configurations (order rotated each round).")
+    ] = 2,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the results as JSON here.")
+    ] = None,
+    precision: PrecisionOpt = "auto",
+    large_vocab: Annotated[
+        int | None,
+        typer.Option(help="Also measure TRL vs TI-DPO at this vocabulary size (e.g. 128256)."),
+    ] = None,
+    large_length: Annotated[
+        int, typer.Option(help="Tokens per sequence of the --large-vocab runs.")
+    ] = 1024,
+    checkpointing: Annotated[
+        bool, typer.Option(help="Gradient (activation) checkpointing on, for TRL and tidpo.")
+    ] = False,
+    configs: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated subset of the configurations (default: all six)."),
+    ] = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option(help="Folder for a torch.profiler table of one extra step per config."),
+    ] = None,
+    debug: Debug = False,
+) -> None:
+    """Benchmark TRL DPO vs tidpo DPO / TI-DPO: step time, tokens/s, peak memory."""
+    from tidpo.studies.bench import CONFIGS, BenchOptions, run_bench, write_json
+
+    console = Console()
+    with boundary(debug):
+        chosen = tuple(c.strip() for c in configs.split(",") if c.strip()) if configs else CONFIGS
+        opts = BenchOptions(model=model, batch=batch, max_length=max_length, steps=steps,
+                            warmup=warmup, repeats=repeats, checkpointing=checkpointing,
+                            configs=chosen, profile_dir=profile, precision=precision,
+                            large_vocab=large_vocab, large_length=large_length)  # fmt: skip
+        results = run_bench(opts, console)
+        if json_path is not None:
+            write_json(results, json_path)
+            console.print(f"[green]wrote[/] {json_path}")

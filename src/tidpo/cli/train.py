@@ -1,0 +1,108 @@
+"""`tidpo train`: merge the settings, train (in N processes if asked), write the run report.
+
+The work is `tidpo.training.run.run_training`; the run report (explain before and after, the
+weight histogram, eval against the base model: `tidpo.analysis.run_report`) runs through its
+hooks and `tidpo.report` writes ``report.html`` from the files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from tidpo.cli.boundary import boundary
+from tidpo.cli.options import Debug, Model, TrustRemoteCode
+from tidpo.errors import TidpoError
+
+__all__ = ["train_command"]
+
+
+def _hooks(opts: Any, console: Console) -> Any:
+    """The run report as `RunHooks` (None with ``--no-report``)."""
+    from tidpo.analysis.run_report import ReportJob
+    from tidpo.data import bundled_dataset
+    from tidpo.report import write_report
+    from tidpo.training.run import RunHooks
+    from tidpo.training.settings import build_config
+
+    if not opts.report:
+        return None
+    out = opts.output_path()
+    cfg = build_config(opts, out)
+    eval_data = Path(opts.eval_dataset) if opts.eval_dataset else bundled_dataset("test")
+    job = ReportJob(out, eval_data, cfg, console=console)
+
+    def after(model: Any, load_base: Any, tokenizer: Any) -> None:
+        job.after(model, load_base(), tokenizer)
+        console.print(f"[cyan]report[/]: wrote {write_report(out)}")
+
+    return RunHooks(before=job.before, after=after)
+
+
+def train_command(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(help="YAML file of TIDPOConfig fields.")] = None,
+    model: Model = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="JSONL/JSON/parquet/CSV file or save_to_disk folder.")
+    ] = None,
+    loss: Annotated[
+        str | None, typer.Option(help="tidpo|dpo|cdpo|ipo|hinge|robust|simpo|tdpo")
+    ] = None,
+    weighting: Annotated[
+        str | None, typer.Option(help="hybrid|attribution|prior|uniform|random|softmax_prior")
+    ] = None,
+    preset: Annotated[str | None, typer.Option(help="paper (default) | released")] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="auto (default: bf16 where native, else fp32) | fp32 | bf16 | fp16"),
+    ] = None,
+    lora: Annotated[
+        bool | None, typer.Option(help="Train LoRA adapters (peft) instead of all weights.")
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Optimiser steps.")] = None,
+    output_dir: Annotated[
+        str | None, typer.Option(help="Run folder (default runs/<name>).")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Run name under runs/.")] = None,
+    resume: Annotated[
+        bool | None, typer.Option(help="Continue from the run's last checkpoint.")
+    ] = None,
+    overwrite: Annotated[
+        bool | None, typer.Option(help="Reuse an output folder holding a run.")
+    ] = None,
+    report: Annotated[
+        bool | None, typer.Option(help="Explain, evaluate and write report.html after training.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Any TIDPOConfig field: --set beta=0.2")
+    ] = None,
+    trust_remote_code: TrustRemoteCode = False,
+    num_processes: Annotated[
+        int | None,
+        typer.Option(help="Data-parallel processes: re-launches itself via accelerate launch."),
+    ] = None,
+    debug: Debug = False,
+) -> None:
+    """Train a model with TI-DPO (defaults: SmolLM2-135M-Instruct on the bundled data)."""
+    from tidpo.training.launch import in_launched_process, rebuild_argv, relaunch
+    from tidpo.training.run import run_training
+    from tidpo.training.settings import resolve_options
+
+    console = Console()
+    with boundary(debug):
+        flags = {"model": model, "dataset": dataset, "loss": loss, "weighting": weighting,
+                 "preset": preset, "precision": precision, "lora": lora, "max_steps": max_steps,
+                 "output_dir": output_dir, "name": name, "resume": resume,
+                 "overwrite": overwrite, "report": report,
+                 "trust_remote_code": trust_remote_code or None}  # fmt: skip
+        opts = resolve_options(config, set_ or [], flags)
+        if num_processes is not None and num_processes < 1:
+            raise TidpoError(f"--num-processes: must be >= 1; got {num_processes}")
+        if num_processes and num_processes > 1 and not in_launched_process():
+            relaunch(opts, num_processes, rebuild_argv(ctx, {"num_processes"}))
+        else:
+            run_training(opts, console, _hooks(opts, console))

@@ -1,1 +1,0 @@
-"""Command implementations registered by `tidpo.cli` (one module per command)."""

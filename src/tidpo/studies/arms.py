@@ -1,0 +1,160 @@
+"""The arms, studies, budgets and paired comparisons of `tidpo experiment`, as data.
+
+`ARMS` maps every trained configuration to its `TIDPOConfig` overrides (and label noise);
+`STUDIES` lists the arms of each study in table order; `BUDGETS` the training and evaluation sizes
+(``medium``: one pass over the training data in fp32, three seeds, all bundled test rows and 200
+real held-out pairs); `COMPARISONS` the paired differences the report gives a verdict on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from tidpo.errors import TidpoError
+
+__all__ = ["ARMS", "BUDGETS", "COMPARISONS", "PRIORITY", "STUDIES", "VARIANTS", "Arm", "Budget",
+           "ExperimentError", "flip_labels", "train_config"]  # fmt: skip
+
+
+class ExperimentError(TidpoError):
+    """The experiment cannot run (unknown study or budget, bad option)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One trained configuration: `TIDPOConfig` overrides and the fraction of flipped labels."""
+
+    label: str
+    config: dict[str, Any]
+    noise: float = 0.0
+
+
+ARMS: dict[str, Arm] = {
+    "dpo": Arm("DPO", {"loss": "dpo"}),
+    "ipo": Arm("IPO", {"loss": "ipo"}),
+    "simpo": Arm("SimPO", {"loss": "simpo"}),
+    "tdpo": Arm("TDPO", {"loss": "tdpo"}),
+    "cdpo": Arm("cDPO", {"loss": "cdpo"}),
+    "tidpo": Arm("TI-DPO (full)", {"loss": "tidpo"}),
+    "no-triplet": Arm("TI-DPO w/o triplet", {"loss": "tidpo", "anchor_source": "none"}),
+    "no-prior": Arm("TI-DPO w/o Gaussian prior (lambda 1)", {"importance_lambda": 1.0}),
+    "softmax-prior": Arm("TI-DPO softmax prior", {"loss": "tidpo", "weighting": "softmax_prior"}),
+    "uniform": Arm("TI-DPO uniform weights", {"loss": "tidpo", "weighting": "uniform"}),
+    "random": Arm("TI-DPO random weights", {"loss": "tidpo", "weighting": "random"}),
+    "special-prior": Arm("TI-DPO, special tokens prior only", {"special_tokens": "prior"}),
+    "cap3": Arm("TI-DPO, weights capped at 3x mean", {"weight_cap": 3.0}),
+    "logprob-target": Arm(
+        "TI-DPO, log-prob attribution target", {"attribution_target": "response_logprob"}
+    ),
+    "triplet-mean": Arm("TI-DPO, per-token triplet distance", {"triplet_distance": "mean"}),
+    "combined": Arm(
+        "TI-DPO, special tokens prior + cap 3 + per-token triplet",
+        {"special_tokens": "prior", "weight_cap": 3.0, "triplet_distance": "mean"},
+    ),
+    "dpo-noise20": Arm("DPO", {"loss": "dpo"}, noise=0.2),
+    "dpo-noise40": Arm("DPO", {"loss": "dpo"}, noise=0.4),
+    "tidpo-noise20": Arm("TI-DPO", {"loss": "tidpo"}, noise=0.2),
+    "tidpo-noise40": Arm("TI-DPO", {"loss": "tidpo"}, noise=0.4),
+}
+"""Every trained arm by name (the 0 % noise arms are ``dpo`` and ``tidpo`` themselves)."""
+
+VARIANTS = ("special-prior", "cap3", "logprob-target", "triplet-mean", "combined")
+"""Options against collapsing weights and triplet spikes (not in the paper)."""
+
+_ABLATION = "base dpo ipo simpo tdpo cdpo tidpo no-triplet no-prior softmax-prior uniform random"
+STUDIES: dict[str, tuple[str, ...]] = {
+    "ablation": (*_ABLATION.split(), *VARIANTS),
+    "noise": ("dpo", "dpo-noise20", "dpo-noise40", "tidpo", "tidpo-noise20", "tidpo-noise40"),
+    "importance": (),
+}
+"""The arms of each study, in table order (``base`` is the untrained model)."""
+
+PRIORITY = ("dpo", "tidpo", "uniform", "no-triplet", *VARIANTS, "no-prior", "dpo-noise40",
+            "tidpo-noise40", "random")  # fmt: skip
+"""Within a seed these arms run first (then the rest in table order)."""
+
+COMPARISONS: tuple[tuple[str, str, str], ...] = (
+    ("tidpo", "dpo", "TI-DPO is better than DPO"),
+    ("tidpo", "uniform", "the importance weights help (same loss, uniform weights)"),
+    ("tidpo", "no-triplet", "the triplet helps"),
+    ("tidpo", "no-prior", "the Gaussian prior helps"),
+    *((v, "tidpo", f"{ARMS[v].label} vs the paper's TI-DPO") for v in VARIANTS),
+    *((v, "dpo", f"{ARMS[v].label} vs DPO") for v in VARIANTS),
+)
+"""Paired comparisons (arm, against, what it tests), shown when both arms have results."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Training and evaluation sizes of one budget (every arm gets the same)."""
+
+    max_steps: int | None
+    """Optimiser steps; None: one pass over the training data."""
+    batch_size: int
+    max_length: int
+    learning_rate: float
+    anchor_max_new_tokens: int
+    eval_limit: int | None
+    """Bundled test rows (spread over the split); None: all of them."""
+    max_new_tokens: int
+    real_eval: int
+    """Real held-out pairs (``--real-data``) for the reward metrics; 0: none."""
+    real_pairs: int
+    """Real pairs per file for the importance study."""
+    importance_limit: int | None = None
+    """Test rows of the importance study (None: the whole split)."""
+    warmup_steps: int = 0
+    precision: str = "auto"
+    real_max_length: int = 256
+    arms: tuple[str, ...] | None = None
+    """The trained arms of this budget (None: every arm of the chosen studies)."""
+
+
+BUDGETS: dict[str, Budget] = {
+    "tiny": Budget(2, 2, 64, 1e-4, 8, 4, 8, real_eval=4, real_pairs=2,  # tests only
+                   importance_limit=4, precision="fp32", real_max_length=64),
+    "small": Budget(3, 2, 96, 1e-4, 16, 8, 32, real_eval=0, real_pairs=40),
+    "medium": Budget(None, 8, 128, 2e-5, 24, None, 64, real_eval=200, real_pairs=100,
+                     warmup_steps=3, precision="fp32", real_max_length=160,
+                     arms=("dpo", "tidpo", "uniform", "no-triplet", "special-prior",
+                           "triplet-mean", "combined")),
+}  # fmt: skip
+
+
+def flip_labels(
+    rows: Sequence[dict[str, Any]], fraction: float, seed: int
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """Swap chosen and rejected in ``round(fraction * len(rows))`` seeded rows.
+
+    Returns the new rows (copies) and the sorted flipped indices; the same seed flips the same rows.
+    """
+    count = math.floor(fraction * len(rows) + 0.5)
+    flipped = sorted(random.Random(seed).sample(range(len(rows)), count))
+    out = [dict(r) for r in rows]
+    for i in flipped:
+        out[i]["chosen"], out[i]["rejected"] = out[i]["rejected"], out[i]["chosen"]
+    return out, flipped
+
+
+def train_config(budget: Budget, arm: Arm, seed: int, n_rows: int) -> dict[str, Any]:
+    """The `TIDPOConfig` values of one arm under a budget (one pass when ``max_steps`` is None)."""
+    steps = budget.max_steps or math.ceil(n_rows / budget.batch_size)
+    return {
+        "max_steps": steps,
+        "per_device_train_batch_size": budget.batch_size,
+        "max_length": budget.max_length,
+        "learning_rate": budget.learning_rate,
+        "lr_scheduler_type": "constant_with_warmup",
+        "warmup_steps": budget.warmup_steps,
+        "anchor_max_new_tokens": budget.anchor_max_new_tokens,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "logging_steps": 1,
+        **arm.config,
+        "seed": seed,
+    }

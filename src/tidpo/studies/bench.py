@@ -1,0 +1,314 @@
+"""`tidpo bench`: step time and peak memory of tidpo's objectives against TRL's DPOTrainer.
+
+What is measured, and how (the same for every configuration):
+
+* **Data.** Rows of the bundled train split, made long: row ``k`` keeps its prompt and takes as
+  chosen (rejected) response the chosen (rejected) answers of rows ``k, k+1, ...`` joined until
+  prompt + response reaches ``max_length`` tokens, then cut there (tidpo's chat-template
+  tokenization, keep-start). The parent tokenizes once and hands every worker the same token ids,
+  so TRL and tidpo see identical sequences (TRL's own tokenization is bypassed).
+* **Revisiting.** The training set is exactly ``batch`` rows, so every step is one batch of the
+  same examples. That is what lets ``anchor_refresh_steps`` work: anchors are cached per example,
+  so with refresh 4 an anchor is sampled at global steps 0, 4, 8, ... and reused between. With the
+  default 1 warm-up and 4 timed steps, the timed steps hold one sampling step: the *mean* is the
+  amortised cost, and it is what ``tidpo_refresh4`` is held to.
+* **Step.** One optimiser step (forward, backward, gradient clipping, AdamW update) timed from the
+  Trainer's ``on_step_begin`` to ``on_step_end`` callbacks (after a CUDA synchronise on a GPU),
+  for TRL and tidpo alike; the first ``warmup`` steps are not counted. Reported: the median and
+  the mean, the step's process CPU time and tokens/s (the chosen and rejected rows' tokens per
+  median step; anchors not counted).
+* **Isolation.** Each configuration runs in its own process (`tidpo.studies.bench_worker`); its peak
+  memory is the child's ``ru_maxrss`` (from ``os.wait4``) on a CPU, and
+  ``torch.cuda.max_memory_allocated`` on a GPU. With ``repeats`` > 1 the configurations run
+  round-robin, the order rotated every round, so drift hits all alike.
+* **Settings.** ``precision`` (`tidpo.training.precision`: ``auto`` = bf16 autocast where the
+  hardware runs it natively, else fp32) for TRL and tidpo alike, AdamW (``adamw_torch``), the
+  `tidpo train` job's learning rate, seed and anchor length (`tidpo.training.settings.DEFAULTS`),
+  beta 0.1, no gradient checkpointing on either side unless ``checkpointing``.
+* **Large vocabulary** (``large_vocab``, e.g. 128256 as in Llama 3): the same model's shape with
+  that many tokens, random weights (no download), ``large_length`` tokens per sequence, TRL
+  against full TI-DPO; there TI-DPO's peak memory is held to half of TRL's.
+
+Configurations (`tidpo.studies.bench_worker.CONFIGS`): ``trl_dpo`` (TRL 1.16 DPOTrainer, the anchor
+of the ratios), ``dpo`` (tidpo ``loss=dpo``), ``tidpo_no_triplet`` (TI-DPO,
+``anchor_source=none``), ``tidpo_refresh1`` and ``tidpo_refresh4`` (full TI-DPO, policy anchors
+re-sampled every 1 or 4 steps) and ``tidpo_precomputed`` (TI-DPO without triplet, reference
+log-probs precomputed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tidpo.errors import TidpoError
+from tidpo.fileio import write_json_atomic
+from tidpo.studies.bench_worker import CONFIGS
+from tidpo.training.precision import choose_precision
+
+__all__ = ["CONFIGS", "LARGE_CONFIGS", "TARGETS", "BenchError", "BenchOptions", "bench_rows",
+           "run_bench"]  # fmt: skip
+
+# Step time / TRL's step time that each configuration should stay under (the mean for
+# refresh 4, whose sampling step is amortised over the refresh period).
+TARGETS = {"dpo": 0.85, "tidpo_no_triplet": 1.10, "tidpo_refresh4": 1.5, "tidpo_precomputed": 0.9}
+MEAN_TARGETS = {"tidpo_refresh4"}
+LARGE_CONFIGS = ("trl_dpo", "tidpo_refresh4")
+LARGE_MEMORY_TARGET = 0.5
+"""At the large vocabulary: TI-DPO's peak memory / TRL's."""
+
+
+class BenchError(TidpoError):
+    """A benchmark cannot run (bad option, a worker failed)."""
+
+
+@dataclass
+class BenchOptions:
+    """What `tidpo bench` measures; see the module docstring."""
+
+    model: str | None = None
+    batch: int = 2
+    max_length: int = 256
+    steps: int = 4
+    warmup: int = 1
+    repeats: int = 2
+    precision: str = "auto"
+    checkpointing: bool = False
+    configs: tuple[str, ...] = CONFIGS
+    large_vocab: int | None = None
+    large_length: int = 1024
+    profile_dir: Path | None = None
+    work_dir: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        unknown = [c for c in self.configs if c not in CONFIGS]
+        if unknown:
+            raise BenchError(
+                f"--configs: unknown {unknown[0]!r} (choose from {', '.join(CONFIGS)})"
+            )
+        if not self.configs:
+            raise BenchError("--configs: give at least one configuration")
+        for name, value, low in (("batch", self.batch, 1), ("max-length", self.max_length, 8),
+                                 ("steps", self.steps, 1), ("warmup", self.warmup, 0),
+                                 ("repeats", self.repeats, 1),
+                                 ("large-length", self.large_length, 8),
+                                 ("large-vocab", self.large_vocab or 1, 1)):  # fmt: skip
+            if value < low:
+                raise BenchError(f"--{name}: must be >= {low}; got {value}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise BenchError(f"--precision: must be auto, fp32, bf16 or fp16; got {self.precision}")
+
+
+def bench_rows(tokenizer: Any, n: int, max_length: int) -> list[dict[str, list[int]]]:
+    """``n`` tokenized rows whose prompt + response fill ``max_length`` (module docstring)."""
+    from tidpo.data import bundled_dataset, load_preferences, tokenize_row
+
+    base = load_preferences(bundled_dataset("train")).to_list()
+    lengths = {k: [len(tokenizer(r[k], add_special_tokens=False)["input_ids"]) for r in base]
+               for k in ("chosen", "rejected")}  # fmt: skip
+    rows: list[dict[str, list[int]]] = []
+    for k in range(len(base)):
+        if len(rows) == n:
+            break
+        parts: dict[str, list[str]] = {"chosen": [], "rejected": []}
+        for key, texts in parts.items():
+            j = k
+            while sum(lengths[key][i % len(base)] for i in range(k, j)) < max_length:
+                texts.append(base[j % len(base)][key])
+                j += 1
+        row = {"prompt": base[k]["prompt"], **{key: " ".join(t) for key, t in parts.items()}}
+        ids = tokenize_row(row, tokenizer, max_length)
+        if ids is not None:
+            rows.append({key: ids[key] for key in ("prompt_ids", "chosen_ids", "rejected_ids")})
+    if len(rows) < n:
+        raise BenchError(f"--max-length {max_length}: too short for the bundled prompts")
+    return rows
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Configurations measured against one TRL run: the model, its vocabulary, the rows."""
+
+    name: str
+    configs: tuple[str, ...]
+    rows: Path
+    max_length: int
+    vocab_size: int | None = None
+
+
+def _run_worker(config: str, opts: BenchOptions, model: Path, group: _Group, work: Path) -> dict:
+    out = work / f"{config}-{time.monotonic_ns()}.json"
+    cmd = [sys.executable, "-m", "tidpo.studies.bench_worker", "--worker", config,
+           "--model", str(model), "--rows", str(group.rows), "--out", str(out),
+           "--steps", str(opts.steps), "--warmup", str(opts.warmup),
+           "--max-length", str(group.max_length),
+           "--precision", opts.precision]  # fmt: skip
+    if group.vocab_size is not None:
+        cmd += ["--vocab-size", str(group.vocab_size)]
+    if opts.checkpointing:
+        cmd.append("--checkpointing")
+    if opts.profile_dir is not None:
+        cmd += ["--profile", str(opts.profile_dir / f"{group.name}-{config}.txt")]
+    offline = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    env = {**os.environ, **dict.fromkeys(offline, "1"), "TOKENIZERS_PARALLELISM": "false",
+           **opts.extra_env}  # fmt: skip
+    log = work / f"{config}.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0 or not out.exists():
+        tail = log.read_text(errors="replace").strip().splitlines()[-15:]
+        raise BenchError(f"{config}: worker failed (exit {proc.returncode}):\n" + "\n".join(tail))
+    result: dict[str, Any] = json.loads(out.read_text())
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux: KiB
+    return result
+
+
+def run_bench(opts: BenchOptions, console: Any = None) -> list[dict[str, Any]]:
+    """Run every configuration (round-robin over ``repeats``); print and return the results."""
+    from tidpo.training.models import load_tokenizer, resolve_model
+
+    opts.validate()
+    choice = choose_precision(opts.precision)
+    if console is not None:
+        console.print(choice.describe(), highlight=False)
+    model = resolve_model(opts.model)
+    tokenizer = load_tokenizer(model)
+    if opts.profile_dir is not None:
+        opts.profile_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tidpo-bench-", dir=opts.work_dir) as tmp:
+        work = Path(tmp)
+        groups = [_group(work, "main", opts.configs, tokenizer, opts.batch, opts.max_length)]
+        if opts.large_vocab is not None:
+            name = f"vocab {opts.large_vocab}"
+            groups.append(_group(work, name, LARGE_CONFIGS, tokenizer, opts.batch,
+                                 opts.large_length, opts.large_vocab))  # fmt: skip
+        results: list[dict[str, Any]] = []
+        for group in groups:
+            runs: dict[str, list[dict[str, Any]]] = {c: [] for c in group.configs}
+            order = list(group.configs)
+            for r in range(opts.repeats):
+                shift = r % len(order)
+                for config in order[shift:] + order[:shift]:
+                    if console is not None:
+                        console.print(f"[dim]{group.name}, round {r + 1}/{opts.repeats}: "
+                                      f"{config}[/]")  # fmt: skip
+                    runs[config].append(_run_worker(config, opts, model, group, work))
+            results += _summarise(runs, group)
+    if console is not None:
+        console.print(results_table(results, opts, choice.describe()))
+    return results
+
+
+def _group(work: Path, name: str, configs: tuple[str, ...], tokenizer: Any, batch: int,
+           length: int, vocab: int | None = None) -> _Group:  # fmt: skip
+    rows = work / f"rows-{length}.json"
+    rows.write_text(json.dumps(bench_rows(tokenizer, batch, length)))
+    return _Group(name, configs, rows, length, vocab)
+
+
+def _summarise(runs: dict[str, list[dict[str, Any]]], group: _Group) -> list[dict[str, Any]]:
+    results = []
+    for config, parts in runs.items():
+        steps = [s for p in parts for s in p["step_s"]]
+        median = statistics.median(steps)
+        gpu = [p["peak_gpu_mb"] for p in parts if p.get("peak_gpu_mb") is not None]
+        results.append({
+            "config": config,
+            "group": group.name,
+            "max_length": group.max_length,
+            "vocab_size": group.vocab_size,
+            "median_step_s": median,
+            "mean_step_s": statistics.fmean(steps),
+            "median_cpu_s": statistics.median(c for p in parts for c in p["cpu_s"]),
+            "tokens_per_s": parts[0]["tokens_per_step"] / median,
+            "peak_rss_mb": max(p["peak_rss_mb"] for p in parts),
+            "peak_gpu_mb": max(gpu) if gpu else None,
+            "precision": parts[0].get("precision"),
+            "device": parts[0].get("device"),
+            "step_s": steps,
+            "anchor_rows_generated": sum(p.get("anchor_rows", 0) for p in parts),
+        })  # fmt: skip
+    trl = next((r for r in results if r["config"] == "trl_dpo"), None)
+    for r in results:
+        key = "mean_step_s" if r["config"] in MEAN_TARGETS else "median_step_s"
+        r["ratio_to_trl"] = r[key] / trl[key] if trl else None
+        r["memory_to_trl"] = _peak(r) / _peak(trl) if trl else None
+    return results
+
+
+def _peak(r: dict[str, Any]) -> float:
+    """The memory that counts: GPU memory on a GPU, else the process's resident memory."""
+    return float(r["peak_gpu_mb"] if r.get("peak_gpu_mb") is not None else r["peak_rss_mb"])
+
+
+def _marks(r: dict[str, Any]) -> str:
+    """``time ok, mem ok``: each target of this row (see `targets`), met or missed."""
+    return ", ".join(f"{what} {'[green]ok[/]' if ok else '[red]missed[/]'}"
+                     for what, _, ok in targets(r))  # fmt: skip
+
+
+def targets(r: dict[str, Any]) -> list[tuple[str, float, bool]]:
+    """``[(what, limit, met)]`` for one result row: its step-time ratio to TRL (`TARGETS`) and
+    its peak memory ratio (<= 1 of TRL's; <= `LARGE_MEMORY_TARGET` at the large vocabulary)."""
+    out = []
+    target = TARGETS.get(r["config"])
+    if target is not None and r["ratio_to_trl"] is not None:
+        out.append(("time", target, r["ratio_to_trl"] <= target))
+    if r["config"] != "trl_dpo" and r["memory_to_trl"] is not None:
+        limit = LARGE_MEMORY_TARGET if r["vocab_size"] is not None else 1.0
+        out.append(("mem", limit, r["memory_to_trl"] <= limit))
+    return out
+
+
+def results_table(results: list[dict[str, Any]], opts: BenchOptions, precision: str) -> Any:
+    """The results as a rich table (ratios to TRL in the same group; targets marked)."""
+    from rich.table import Table
+
+    title = (f"tidpo bench: {opts.batch} pairs, {opts.steps} steps x {opts.repeats} round(s); "
+             f"{precision}")  # fmt: skip
+    table = Table(title=title)
+    memory = "GPU MB" if any(r.get("peak_gpu_mb") for r in results) else "RSS MB"
+    for col in ("config", "vocab x len", "median s", "mean s", "tok/s", memory, "x TRL",
+                "mem x TRL", "targets"):  # fmt: skip
+        table.add_column(col, justify="left" if col in ("config", "targets") else "right")
+    for r in results:
+        ratio, mem = r["ratio_to_trl"], r["memory_to_trl"]
+        shape = f"{r['vocab_size'] or 'model'} x {r['max_length']}"
+        table.add_row(r["config"], shape, f"{r['median_step_s']:.2f}", f"{r['mean_step_s']:.2f}",
+                      f"{r['tokens_per_s']:.0f}", f"{_peak(r):.0f}",
+                      "-" if ratio is None else f"{ratio:.2f}",
+                      "-" if mem is None else f"{mem:.2f}", _marks(r))  # fmt: skip
+    return table
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    """The results as a Markdown table (for the README)."""
+    memory = "peak GPU MB" if any(r.get("peak_gpu_mb") for r in results) else "peak RSS MB"
+    lines = [f"| config | vocab x tokens | median s/step | mean s/step | tokens/s | {memory} | "
+             "x TRL time | x TRL memory | targets |", "|---" * 9 + "|"]  # fmt: skip
+    for r in results:
+        marks = ", ".join(
+            f"{w} <= {lim:g} {'met' if ok else 'MISSED'}" for w, lim, ok in targets(r)
+        )
+        lines.append(
+            f"| {r['config']} | {r['vocab_size'] or 'model'} x {r['max_length']} | "
+            f"{r['median_step_s']:.2f} | {r['mean_step_s']:.2f} | {r['tokens_per_s']:.0f} | "
+            f"{_peak(r):.0f} | {r['ratio_to_trl']:.2f} | {r['memory_to_trl']:.2f} | {marks} |"
+        )
+    return "\n".join(lines)
+
+
+def write_json(results: list[dict[str, Any]], path: Path) -> None:
+    """``[{"config", "group", "median_step_s", "ratio_to_trl", "memory_to_trl", ...}]``."""
+    write_json_atomic(results, path)

@@ -1,0 +1,193 @@
+"""One `tidpo bench` configuration in its own process: ``python -m tidpo.studies.bench_worker``.
+
+The parent (`tidpo.studies.bench`) starts one worker per configuration and round, so each measures
+its own peak memory. A worker loads the model (or builds it from the model's config with another
+vocabulary size, random weights, when ``--vocab-size`` is given), builds TRL's DPOTrainer or a
+TIDPOTrainer on the rows the parent tokenized, trains ``warmup + steps`` optimiser steps and writes
+the step times (``on_step_begin`` to ``on_step_end``), the step CPU times and the peak memory to
+``--out`` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CONFIGS", "TIDPO_KNOBS", "main"]
+
+CONFIGS = (
+    "trl_dpo",
+    "dpo",
+    "tidpo_no_triplet",
+    "tidpo_refresh1",
+    "tidpo_refresh4",
+    "tidpo_precomputed",
+)
+TIDPO_KNOBS: dict[str, dict[str, Any]] = {
+    "dpo": {"loss": "dpo"},
+    "tidpo_no_triplet": {"loss": "tidpo", "anchor_source": "none"},
+    "tidpo_refresh1": {"loss": "tidpo", "anchor_refresh_steps": 1},
+    "tidpo_refresh4": {"loss": "tidpo", "anchor_refresh_steps": 4},
+    "tidpo_precomputed": {"loss": "tidpo", "anchor_source": "none", "precompute_ref": True},
+}
+"""TIDPOConfig fields of each tidpo configuration (``trl_dpo`` is TRL's own trainer)."""
+
+
+def _timer_callback(warmup: int, profile: Path | None, last: int) -> Any:
+    import torch
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        """Seconds from ``on_step_begin`` to ``on_step_end`` of every step after the warm-up."""
+
+        def __init__(self) -> None:
+            self.steps: list[float] = []
+            self.cpu: list[float] = []
+            self.start = self.start_cpu = 0.0
+            self.index = 0
+            self.prof: Any = None
+
+        def _sync(self) -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if profile is not None and self.index == last:
+                self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+                self.prof.start()
+            self._sync()
+            self.start, self.start_cpu = time.perf_counter(), time.process_time()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self._sync()
+            seconds = time.perf_counter() - self.start
+            cpu = time.process_time() - self.start_cpu
+            if self.prof is not None:
+                self.prof.stop()
+                assert profile is not None
+                profile.parent.mkdir(parents=True, exist_ok=True)
+                avg = self.prof.key_averages()
+                profile.write_text(
+                    f"step {self.index} (not counted): {seconds:.2f} s\n\nby total time\n"
+                    + avg.table(sort_by="cpu_time_total", row_limit=45)
+                    + "\n\nby self time\n" + avg.table(sort_by="self_cpu_time_total", row_limit=30)
+                )  # fmt: skip
+                self.prof = None
+            elif self.index >= warmup:
+                self.steps.append(seconds)
+                self.cpu.append(cpu)
+            self.index += 1
+
+    return StepTimer()
+
+
+def _model(path: Path, vocab_size: int | None) -> Any:
+    """The model at ``path``, or its architecture with ``vocab_size`` tokens (random, seeded)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tidpo.training.models import load_causal_lm
+
+    if vocab_size is None:
+        return load_causal_lm(path, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(str(path))
+    config.vocab_size = vocab_size
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+def _worker(ns: argparse.Namespace) -> None:
+    import torch
+    from datasets import Dataset
+
+    from tidpo.training.models import load_tokenizer
+    from tidpo.training.precision import choose_precision
+    from tidpo.training.settings import DEFAULTS, RunOptions, build_config
+
+    rows = json.loads(Path(ns.rows).read_text())
+    model_path = Path(ns.model)
+    tokenizer = load_tokenizer(model_path)
+    model = _model(model_path, ns.vocab_size)
+    precision = choose_precision(ns.precision)
+    data = Dataset.from_list(rows)
+    total = ns.warmup + ns.steps + (1 if ns.profile else 0)
+    timer = _timer_callback(ns.warmup, Path(ns.profile) if ns.profile else None, total - 1)
+    out_dir = Path(tempfile.mkdtemp(prefix=f"bench-{ns.worker}-"))
+    # The same settings for TRL and tidpo: the `tidpo train` job's (its learning rate, seed and
+    # anchor length), a constant rate, AdamW, beta 0.1, the bench's batch and precision.
+    run = RunOptions(config={
+        "per_device_train_batch_size": len(rows), "max_steps": total, "max_length": ns.max_length,
+        "lr_scheduler_type": "constant", "optim": "adamw_torch", "beta": 0.1,
+        "save_strategy": "no", "report_to": "none", "disable_tqdm": True,
+        "dataloader_num_workers": 0, "activation_checkpointing": ns.checkpointing,
+        "use_cpu": precision.device == "cpu", "precision": precision.name,
+    })  # fmt: skip
+    trainer: Any
+    if ns.worker == "trl_dpo":
+        import trl
+
+        class PretokenizedDPOTrainer(trl.DPOTrainer):
+            """TRL's trainer on the bench's token ids (its own tokenization bypassed)."""
+
+            def _prepare_dataset(self, dataset: Any, *args: Any, **kw: Any) -> Any:
+                return dataset
+
+        values = {**DEFAULTS, **run.config, "output_dir": str(out_dir)}
+        trl_keys = {f.name for f in dataclasses.fields(trl.DPOConfig)}
+        common = {k: v for k, v in values.items() if k in trl_keys}
+        cfg = trl.DPOConfig(**common, bf16=precision.name == "bf16", fp16=precision.name == "fp16",
+                            loss_type=["sigmoid"], precompute_ref_log_probs=False)  # fmt: skip
+        trainer = PretokenizedDPOTrainer(model=model, args=cfg, train_dataset=data,
+                                         processing_class=tokenizer, callbacks=[timer])  # fmt: skip
+    else:
+        from tidpo.training.trainer import TIDPOTrainer
+
+        run.config.update(TIDPO_KNOBS[ns.worker])
+        trainer = TIDPOTrainer(model=model, args=build_config(run, out_dir), train_dataset=data,
+                               processing_class=tokenizer, callbacks=[timer])  # fmt: skip
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    sampler = getattr(trainer, "anchor_sampler", None)
+    tokens = sum(2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"])
+                 for r in rows)  # fmt: skip
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    result = {
+        "config": ns.worker,
+        "step_s": timer.steps,
+        "cpu_s": timer.cpu,
+        "tokens_per_step": tokens,
+        "anchor_rows": sampler.generated_rows if sampler is not None else 0,
+        "self_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": gpu,
+        "precision": precision.name,
+        "device": precision.device,
+    }
+    Path(ns.out).write_text(json.dumps(result))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tidpo.studies.bench_worker --worker CONFIG ...`` (one run, by `run_bench`)."""
+    p = argparse.ArgumentParser(prog="python -m tidpo.studies.bench_worker")
+    p.add_argument("--worker", choices=CONFIGS, required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--rows", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--vocab-size", type=int, default=None)
+    p.add_argument("--checkpointing", action="store_true")
+    p.add_argument("--profile", default=None)
+    _worker(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The forward pass and its per-token log-probs, shared by the policy and the reference.
+
+`run_forward` runs a causal LM through ``inputs_embeds`` (so that attribution can take the
+gradient to the embeddings from the same graph). With a plain output head (`output_head`) the
+model projects only each row's last real position (``logits_to_keep``: the target of Eq. 5) and
+`token_logps` later computes the log-probs from the final hidden states through the fused,
+chunked head (`tidpo.functional.lm_head_logps`), so the ``[N, L, V]`` logits are never built;
+otherwise (``full_logits``, as TDPO's sequential KL needs, or a head that is not a plain linear
+map) the model's own logits are used. `reference_logps` is the same path without gradient for a
+reference model (or the PEFT model with its adapter off).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tidpo import functional as F
+
+__all__ = ["Forward", "head_agrees", "output_head", "reference_logps", "run_forward",
+           "token_logps"]  # fmt: skip
+
+# Config fields that make logits more than ``lm_head(hidden)`` (softcapping, scaling).
+_HEAD_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier",
+                    "lm_head_multiplier", "logits_scaling")  # fmt: skip
+
+
+def output_head(model: nn.Module) -> nn.Linear | None:
+    """The model's output projection when its logits are exactly ``head(final hidden state)``.
+
+    That holds for an ``nn.Linear`` output embedding (tied or not), no logit softcapping or
+    scaling in the config, and a forward accepting ``logits_to_keep`` and
+    ``output_hidden_states`` (transformers' causal LMs; PEFT wrappers pass them on). None
+    otherwise: callers then use the model's own logits.
+    """
+    inner: Any = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
+    get_head = getattr(inner, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if type(head) is not nn.Linear:
+        return None
+    config: Any = getattr(inner, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if any(getattr(text, name, None) not in (None, 1, 1.0) for name in _HEAD_TRANSFORMS):
+        return None
+    try:
+        params = inspect.signature(type(inner).forward).parameters
+    except (TypeError, ValueError):
+        return None
+    return head if "logits_to_keep" in params else None
+
+
+@dataclass
+class Forward:
+    """One forward: the input embeddings and either the final hidden states with the logits of
+    each row's last real position (``head`` set) or the full ``[N, L, V]`` logits (``head``
+    None)."""
+
+    embeds: Tensor
+    hidden: Tensor | None
+    logits: Tensor
+    head: nn.Linear | None
+    keep: Tensor | None = None  # [N, L] bool: the positions the logits were computed for
+
+
+def run_forward(
+    model: nn.Module,
+    ids: Tensor,
+    am: Tensor,
+    *,
+    attribute: bool = False,
+    full_logits: bool = False,
+    head: nn.Linear | None = None,
+    embed_from: nn.Module | None = None,
+) -> Forward:
+    """``model`` (possibly wrapped, e.g. DDP) on ``ids`` through ``inputs_embeds``.
+
+    ``head`` (from `output_head` of the unwrapped model, or None) selects the fused path unless
+    ``full_logits``; ``attribute`` makes the embeddings require grad even when frozen (LoRA);
+    ``embed_from`` is the module whose input embeddings are used (default ``model``).
+    """
+    source: Any = embed_from if embed_from is not None else model
+    embeds = source.get_input_embeddings()(ids)
+    if attribute and not embeds.requires_grad:
+        embeds.requires_grad_(True)  # LoRA: frozen embeddings, still differentiable inputs
+    kw = dict(inputs_embeds=embeds, attention_mask=am, position_ids=F.position_ids_from_mask(am),
+              use_cache=False)  # fmt: skip
+    if head is None or full_logits:
+        return Forward(embeds, None, model(**kw).logits, None)
+    keep = torch.zeros_like(am, dtype=torch.bool)
+    keep[torch.arange(am.shape[0], device=am.device), F.last_token_index(am)] = True
+    out = model(**kw, output_hidden_states=True, logits_to_keep=keep)
+    return Forward(embeds, out.hidden_states[-1], out.logits, head, keep)
+
+
+def head_agrees(fwd: Forward) -> bool:
+    """Whether the model's own logits at the kept positions equal ``head(hidden)`` there: the
+    check that makes the fused path safe for a model (the trainer runs it once)."""
+    if fwd.head is None or fwd.hidden is None or fwd.keep is None:
+        return True
+    with torch.no_grad():
+        ours = nn.functional.linear(fwd.hidden[fwd.keep], fwd.head.weight, fwd.head.bias)
+    if ours.shape != fwd.logits.shape:  # the model ignored logits_to_keep
+        return False
+    return bool(torch.allclose(fwd.logits.float(), ours.float(), rtol=1e-3, atol=1e-3))
+
+
+def token_logps(fwd: Forward, ids: Tensor, mask: Tensor) -> Tensor:
+    """Per-token log-probs ``[N, L-1]`` of the labels ``ids[:, 1:]`` where ``mask`` is 1."""
+    if fwd.head is None:
+        return F.per_token_logps(fwd.logits[:, :-1], ids[:, 1:], mask)
+    assert fwd.hidden is not None
+    return F.lm_head_logps(fwd.hidden[:, :-1], fwd.head.weight, ids[:, 1:], mask, fwd.head.bias)
+
+
+def reference_logps(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    mask: Tensor,
+    disable_adapter: bool = False,
+    return_logits: bool = False,
+    fused: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """No-grad forward of a reference model; per-token log-probs ``[N, L-1]`` where ``mask`` is 1
+    (shifted coordinates), and the ``[N, L-1, V]`` logits when ``return_logits``.
+
+    With ``disable_adapter`` the PEFT model runs with its adapter off (the base weights are the
+    reference). ``fused`` allows the fused head (`output_head`).
+    """
+    ctx: Any = model.disable_adapter() if disable_adapter else contextlib.nullcontext()  # type: ignore[operator]
+    head = output_head(model) if fused else None
+    with torch.no_grad(), ctx:
+        fwd = run_forward(model, input_ids, attention_mask, full_logits=return_logits, head=head)
+        logps = token_logps(fwd, input_ids, mask)
+    return logps, (fwd.logits[:, :-1].detach() if return_logits else None)

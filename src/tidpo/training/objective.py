@@ -1,0 +1,269 @@
+"""One training step's objective from per-token tensors: dispatches to `tidpo.functional`.
+
+`step_loss` receives everything the step already computed (policy and reference log-probs,
+attribution scores, masks) and returns the batch loss plus the metrics to log. It holds no model
+and runs no forward, so it can be tested on hand-made tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tidpo import functional as F
+from tidpo.data.collate import response_aligned
+from tidpo.functional.losses import Reduction
+from tidpo.functional.weights import Scale
+from tidpo.training.config import TIDPOConfig
+
+__all__ = [
+    "StepTensors",
+    "WeightSettings",
+    "label_weights",
+    "step_loss",
+    "token_weights",
+    "weight_span_mask",
+]
+
+
+@dataclass
+class StepTensors:
+    """Per-token tensors of one step, rows laid out chosen (B), rejected (B), then anchors (B).
+
+    Two coordinate systems. The log-probs and the loss span are *shifted* (``[N, L-1]``: index
+    ``t`` scores token ``t + 1``). The attribution scores and the weight span are *unshifted*
+    (``[2B, L]``: index ``t`` is token ``t``), because weights belong to token positions: the
+    weight of the label token at position ``t`` is the weight of position ``t`` (so the span may
+    include token 0, which is never a label).
+    """
+
+    policy_logps: Tensor  # log pi_theta of each response label (0 elsewhere), shifted
+    ref_logps: Tensor | None  # log pi_ref likewise (None for reference-free losses)
+    response: Tensor  # the loss span: response labels, shifted; the margin and KL sum over it
+    weight_span: Tensor  # [2B, L] unshifted: where weights are placed and normalised
+    scores: Tensor | None = None  # [2B, L] unshifted raw attribution I (Eq. 5-6), None if unused
+    policy_seq_kl: Tensor | None = None  # [2B] sequential KL for TDPO terms (over the response)
+    special: Tensor | None = None  # [2B, L] unshifted: the tokenizer's special tokens
+
+
+def weight_span_mask(attention_mask: Tensor, response_mask: Tensor, span: str) -> Tensor:
+    """The unshifted ``[N, L]`` mask over which token weights are placed and normalised.
+
+    ``"response"``: the response tokens that are labels (every response token but one at
+    position 0). ``"sequence"``: every real token of prompt + response, token 0 included (the
+    released code's span).
+    """
+    if span == "sequence":
+        return attention_mask
+    labels = response_mask.clone()
+    labels[:, 0] = 0
+    return labels
+
+
+@dataclass(frozen=True)
+class WeightSettings:
+    """How token weights are made: the ``TIDPOConfig`` fields that decide them (so that explain
+    and the importance study weigh tokens exactly as training does)."""
+
+    weighting: str = "hybrid"
+    importance_lambda: float = 0.7
+    sigma_div: float = 4.0
+    weight_scale: str = "mean"
+    special_tokens: str = "attribute"
+    weight_cap: float | None = None
+    attribution_target: str = "max_logit"
+
+    @classmethod
+    def of(cls, cfg: Any) -> WeightSettings:
+        """The settings of a `TIDPOConfig` (or anything with the same fields)."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
+
+
+def token_weights(
+    cfg: WeightSettings | TIDPOConfig,
+    scores: Tensor | None,
+    span: Tensor,
+    generator: torch.Generator | None = None,
+    special: Tensor | None = None,
+) -> Tensor:
+    """Token weights of the configured ``weighting`` (Eq. 8 for ``hybrid``) on ``span``, detached,
+    then the options against collapse: ``special_tokens`` (``prior``: the ``special`` tokens get
+    no attribution share; ``mean``: they get the span's mean weight) and ``weight_cap``.
+
+    ``scores``, ``span`` and ``special`` share one coordinate system; the weights come back in it.
+    """
+    ws = cfg if isinstance(cfg, WeightSettings) else WeightSettings.of(cfg)
+    w = _base_weights(ws, scores, span, generator,
+                      special if ws.special_tokens == "prior" else None)  # fmt: skip
+    if ws.special_tokens == "mean" and special is not None:
+        w = F.mean_weight_for(w, span, special)
+    if ws.weight_cap is not None:
+        w = F.cap_weights(w, span, ws.weight_cap)
+    return w
+
+
+def _base_weights(
+    cfg: WeightSettings,
+    scores: Tensor | None,
+    span: Tensor,
+    generator: torch.Generator | None,
+    exclude: Tensor | None,
+) -> Tensor:
+    scale: Scale = "mean" if cfg.weight_scale == "mean" else "sum"
+    if cfg.weighting == "uniform":
+        return F.uniform_weights(span, scale)
+    if cfg.weighting == "prior":
+        return F.hybrid_weights(torch.zeros_like(span, dtype=torch.float32), span, 0.0,
+                                cfg.sigma_div, scale)  # fmt: skip
+    if cfg.weighting == "random":
+        return F.random_weights(span, generator, scale)
+    assert scores is not None, f"weighting {cfg.weighting!r} needs attribution scores"
+    if cfg.weighting == "attribution":
+        return F.attribution_weights(scores, span, scale, exclude)
+    if cfg.weighting == "softmax_prior":
+        return F.softmax_prior_weights(scores, span, cfg.importance_lambda, scale, exclude)
+    return F.hybrid_weights(scores, span, cfg.importance_lambda, cfg.sigma_div, scale, exclude)
+
+
+def label_weights(weights: Tensor, width: int) -> Tensor:
+    """Unshifted ``[N, L]`` token weights as the weights of the labels, shifted ``[N, width]``.
+
+    Label ``t`` (shifted) is token ``t + 1``: it gets that position's weight (right-padded with
+    zeros when the shifted tensors are wider, as when anchor rows are stacked below).
+    """
+    shifted = weights[:, 1:]
+    return nn.functional.pad(shifted, (0, width - shifted.shape[1]))
+
+
+def _f(x: Tensor) -> float:
+    """Detached mean as a Python float (for logging)."""
+    return float(x.detach().float().mean())
+
+
+def _entropy(weights: Tensor, span: Tensor) -> Tensor:
+    """Mean entropy (nats) of the weights normalised to a distribution over each span."""
+    p = weights / weights.sum(-1, keepdim=True).clamp(min=1e-12)
+    ent = -(p * torch.log(p.clamp(min=1e-12)) * span).sum(-1)
+    return ent.mean()
+
+
+def step_loss(
+    cfg: TIDPOConfig,
+    t: StepTensors,
+    b: int,
+    generator: torch.Generator | None = None,
+    details: dict[str, Tensor] | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """The batch loss (mean over pairs) of ``cfg.loss`` and its metrics (TRL's names and ours).
+
+    Only response labels (``t.response``) enter the margin, the sequential KL and the triplet;
+    weights are placed over ``t.weight_span``, so with the ``"sequence"`` span prompt tokens take
+    weight but contribute nothing. When ``details`` is a dict it receives the per-token and
+    per-pair tensors (detached): ``token_weights`` (unshifted, on the weight span), ``weights``
+    (label-aligned), ``ratios``, ``margins`` (weighted
+    log-ratio sums), ``seq_kl``, ``triplet``, ``losses``.
+    """
+    pol, resp = t.policy_logps, t.response.to(torch.float32)
+    ratios = pol - t.ref_logps if t.ref_logps is not None else pol
+    ratios = ratios * resp
+    sums = ratios.sum(-1)
+    c, r = slice(0, b), slice(b, 2 * b)
+    metrics: dict[str, float] = {}
+    out: dict[str, Tensor] = {"ratios": ratios.detach()}
+    if cfg.loss == "tidpo":
+        wspan = t.weight_span[: 2 * b]
+        scores = t.scores[: 2 * b] if t.scores is not None else None
+        special = t.special[: 2 * b] if t.special is not None else None
+        w_tok = token_weights(cfg, scores, wspan, generator, special)
+        w = label_weights(w_tok, ratios.shape[1])
+        kl = t.policy_seq_kl
+        loss_w, rew_c, rew_r = F.weighted_dpo_loss(
+            ratios[c], w[c], resp[c], ratios[r], w[r], resp[r], beta=cfg.beta,
+            tdpo_alpha=cfg.tdpo_alpha, chosen_seq_kl=kl[c] if kl is not None else None,
+            rejected_seq_kl=kl[r] if kl is not None else None,
+        )  # fmt: skip
+        loss = loss_w
+        out.update(
+            token_weights=w_tok, weights=w.detach(), margins=(w * ratios[: 2 * b]).sum(-1).detach()
+        )
+        if kl is not None:
+            out["seq_kl"] = kl.detach()
+        metrics["loss/dpo_w"] = _f(loss_w)
+        metrics["weights/entropy"] = _f(_entropy(w_tok, wspan.to(torch.float32)))
+        metrics["weights/max"] = _f(w_tok.masked_fill(~wspan.bool(), 0).max(-1).values)
+        if scores is not None:
+            metrics["weights/fallbacks"] = _f(F.fallback_rows(scores, wspan).sum())
+        if special is not None:  # share of each row's weight on special tokens (end of turn)
+            share = (w_tok * special).sum(-1) / w_tok.sum(-1).clamp(min=1e-12)
+            metrics["weights/special_share"] = _f(share)
+        if cfg.uses_triplet:
+            rmask = t.response
+            a_r, a_m = response_aligned(ratios[2 * b :], rmask[2 * b :])
+            b_r, b_m = response_aligned(ratios[c], rmask[c])
+            c_r, c_m = response_aligned(ratios[r], rmask[r])
+            red: Reduction = "mean" if cfg.triplet_distance == "mean" else "sum"
+            d_pos, d_neg = F.triplet_distances(a_r, a_m, b_r, b_m, c_r, c_m, red)
+            trip = F.triplet_loss(a_r, a_m, b_r, b_m, c_r, c_m, cfg.triplet_margin, red)
+            loss = loss + cfg.gamma * trip
+            out["triplet"] = trip.detach()
+            metrics["triplet/loss"] = _f(trip)
+            metrics["triplet/d_pos"] = _f(d_pos)
+            metrics["triplet/d_neg"] = _f(d_neg)
+    else:
+        loss, rew_c, rew_r = _baseline(cfg, ratios, pol, resp, sums, t.policy_seq_kl, b)
+        metrics["loss/dpo_w"] = _f(loss)
+    out["losses"] = loss.detach()
+    if details is not None:
+        details.update(out)
+    lengths = resp.sum(-1).clamp(min=1)
+    seq_logps = (pol * resp).sum(-1)
+    metrics.update({
+        "rewards/chosen": _f(rew_c),
+        "rewards/rejected": _f(rew_r),
+        "rewards/accuracies": _f((rew_c > rew_r).float()),
+        "rewards/margins": _f(rew_c - rew_r),
+        "logps/chosen": _f(seq_logps[c]),
+        "logps/rejected": _f(seq_logps[r]),
+        "logps/chosen_per_token": _f(seq_logps[c] / lengths[c]),
+    })  # fmt: skip
+    return loss.mean(), metrics
+
+
+def _baseline(
+    cfg: TIDPOConfig,
+    ratios: Tensor,
+    pol: Tensor,
+    span: Tensor,
+    sums: Tensor,
+    seq_kl: Tensor | None,
+    b: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Loss and implicit rewards of the baseline objectives on sequence-level quantities."""
+    c, r = slice(0, b), slice(b, 2 * b)
+    beta = cfg.beta
+    rew_c, rew_r = beta * sums[c].detach(), beta * sums[r].detach()
+    if cfg.loss == "dpo":
+        return F.dpo_loss(sums[c], sums[r], beta), rew_c, rew_r
+    if cfg.loss == "cdpo":
+        return F.cdpo_loss(sums[c], sums[r], beta, cfg.label_smoothing), rew_c, rew_r
+    if cfg.loss == "robust":
+        return F.robust_loss(sums[c], sums[r], beta, cfg.label_smoothing), rew_c, rew_r
+    if cfg.loss == "hinge":
+        return F.hinge_loss(sums[c], sums[r], beta), rew_c, rew_r
+    lengths = span.sum(-1).clamp(min=1)
+    if cfg.loss == "ipo":
+        avg = sums / lengths
+        return F.ipo_loss(avg[c], avg[r], beta), rew_c, rew_r
+    if cfg.loss == "simpo":
+        avg = (pol * span).sum(-1) / lengths
+        loss = F.simpo_loss(avg[c], avg[r], cfg.simpo_beta, cfg.simpo_gamma)
+        return loss, cfg.simpo_beta * avg[c].detach(), cfg.simpo_beta * avg[r].detach()
+    if cfg.loss == "tdpo":
+        assert seq_kl is not None, "tdpo needs the sequential KL"
+        alpha = cfg.tdpo_alpha if cfg.tdpo_alpha > 0 else 0.5
+        loss = F.tdpo_loss(sums[c], sums[r], seq_kl[c], seq_kl[r], beta, alpha, version=2)
+        return loss, rew_c, rew_r
+    raise ValueError(f"unknown loss {cfg.loss!r}")

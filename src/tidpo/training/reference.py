@@ -1,0 +1,138 @@
+"""Reference log-probs: a frozen model, the PEFT model with its adapter off, or a disk cache.
+
+The trainer asks for per-token reference log-probs of a batch laid out as the policy's (shifted:
+index ``t`` scores token ``t + 1``); the live reference runs `tidpo.training.forward.
+reference_logps`, and `ReferenceCache` keeps precomputed values on disk (safetensors, keyed by
+model and data fingerprints).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from tidpo.data.collate import response_aligned
+from tidpo.fileio import write_atomic
+from tidpo.training.forward import reference_logps
+
+__all__ = ["ReferenceCache", "data_fingerprint", "frozen_copy", "model_fingerprint"]
+
+
+def frozen_copy(model: nn.Module, linear_dtype: torch.dtype | None = None) -> nn.Module:
+    """A frozen copy of ``model`` (eval mode, no parameter requires grad) to serve as pi_ref.
+
+    ``linear_dtype`` (the autocast dtype, when the reference always runs under autocast) stores
+    the ``nn.Linear`` weights in that dtype once, instead of autocast casting them on every
+    forward: the same numbers, half the memory. Embeddings, norms and an output head tied to
+    the input embeddings keep their dtype.
+    """
+    ref = copy.deepcopy(model)
+    ref.eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    if linear_dtype is not None:
+        get_embed = getattr(ref, "get_input_embeddings", None)
+        embed = get_embed() if callable(get_embed) else None
+        tied = getattr(embed, "weight", None)
+        for module in ref.modules():
+            if type(module) is nn.Linear and module.weight is not tied:
+                module.to(linear_dtype)
+    return ref
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A cheap identity of a model's weights: its config plus per-tensor sums (not a full hash)."""
+    h = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_json_string"):
+        h.update(config.to_json_string().encode())
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            t = p.detach().float()
+            h.update(
+                f"{name}:{tuple(t.shape)}:{float(t.sum()):.8e}:{float(t.abs().sum()):.8e}".encode()
+            )
+    return h.hexdigest()[:16]
+
+
+def data_fingerprint(rows: Iterable[dict[str, Any]], extra: str = "") -> str:
+    """Identity of tokenized preference rows (their token ids) plus ``extra`` settings."""
+    h = hashlib.sha256(extra.encode())
+    for row in rows:
+        h.update(json.dumps([row["prompt_ids"], row["chosen_ids"], row["rejected_ids"]]).encode())
+    return h.hexdigest()[:16]
+
+
+class ReferenceCache:
+    """Per-token reference log-probs of chosen and rejected responses, stored as safetensors.
+
+    Rows are looked up by the dataset index ``idx``; values are response-aligned (index 0 = first
+    response token) so they can be scattered back into any padded batch layout.
+    """
+
+    def __init__(self, values: Tensor, mask: Tensor) -> None:
+        self.values = values  # [2N, R]: rows 0..N-1 chosen, N..2N-1 rejected
+        self.mask = mask.bool()
+        self.n = values.shape[0] // 2
+
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        batches: Iterator[dict[str, Tensor]],
+        n_rows: int,
+        disable_adapter: bool = False,
+        fused: bool = False,
+    ) -> ReferenceCache:
+        """Run the reference over every batch (each with an ``idx`` key) once, without gradient.
+
+        ``fused`` as in `tidpo.training.forward.reference_logps` (the trainer scores live rows the
+        same way).
+        """
+        device = next(model.parameters()).device
+        chunks: dict[int, tuple[Tensor, Tensor]] = {}
+        for batch in batches:
+            ids = batch["input_ids"].to(device)
+            am = batch["attention_mask"].to(device)
+            mask = batch["response_mask"][:, 1:].to(device)
+            logps, _ = reference_logps(model, ids, am, mask, disable_adapter, fused=fused)
+            aligned, amask = response_aligned(logps.cpu(), mask.cpu())
+            b = ids.shape[0] // 2
+            for j, i in enumerate(batch["idx"].tolist()):
+                chunks[i] = (aligned[j][amask[j]], aligned[b + j][amask[b + j]])
+        if len(chunks) != n_rows:
+            raise RuntimeError(f"reference cache covers {len(chunks)} of {n_rows} rows")
+        rows = [chunks[i][0] for i in range(n_rows)] + [chunks[i][1] for i in range(n_rows)]
+        width = max(r.numel() for r in rows)
+        values = torch.zeros(2 * n_rows, width)
+        mask = torch.zeros(2 * n_rows, width, dtype=torch.bool)
+        for k, r in enumerate(rows):
+            values[k, : r.numel()] = r
+            mask[k, : r.numel()] = True
+        return cls(values, mask)
+
+    def save(self, path: Path) -> None:
+        """Write atomically (`tidpo.fileio.write_atomic`)."""
+        tensors = {"values": self.values, "mask": self.mask.to(torch.uint8)}
+        write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
+
+    @classmethod
+    def load(cls, path: Path) -> ReferenceCache:
+        tensors = load_file(str(path))
+        return cls(tensors["values"], tensors["mask"].bool())
+
+    def lookup(self, idx: Tensor, mask: Tensor) -> Tensor:
+        """Reference log-probs ``[2B, L-1]`` for a batch of rows ``idx`` and its shifted mask."""
+        rows = torch.cat([idx, idx + self.n]).cpu()
+        flat = self.values[rows][self.mask[rows]]
+        out = torch.zeros(mask.shape, dtype=torch.float32)
+        out[mask.bool().cpu()] = flat
+        return out.to(mask.device)

@@ -1,0 +1,187 @@
+"""`tidpo train` as a function: resolve model and data, build the trainer, train, save the run.
+
+A run folder ``runs/<name>/`` (`tidpo.training.runfolder`) holds the final model (safetensors +
+tokenizer, loadable by ``AutoModelForCausalLM``) in ``model/``, ``metrics.jsonl``, the resolved
+``config.yaml``, tensorboard logs in ``tb/`` and the Trainer's ``checkpoint-N/`` folders for
+``--resume``. `RunHooks` let a caller work with the models before and after training (the run
+report of `tidpo train`) without this layer knowing about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from rich.console import Console
+from rich.markup import escape
+
+from tidpo.data import bundled_dataset
+from tidpo.training.config import TIDPOConfig
+from tidpo.training.runfolder import (
+    clear_run,
+    forget_after,
+    last_complete_checkpoint,
+    save_model,
+    tensorboard_dir,
+    write_config,
+    write_errors,
+)
+from tidpo.training.settings import RunError, RunOptions, build_config
+
+if TYPE_CHECKING:
+    from tidpo.training.trainer import TIDPOTrainer
+
+__all__ = ["RunHooks", "check_run", "describe_optimisation", "run_training"]
+
+
+@dataclass
+class RunHooks:
+    """Work with the models around training, on the main process: ``before(model, tokenizer)``
+    once the model is loaded, ``after(trained_model, load_base, tokenizer)`` once ``model/`` is
+    saved (``load_base()`` loads the untrained model)."""
+
+    before: Callable[[Any, Any], None] | None = None
+    after: Callable[[Any, Callable[[], Any], Any], None] | None = None
+
+
+def check_run(opts: RunOptions) -> tuple[Path, TIDPOConfig, Path, Path]:
+    """What can be checked before any work: the output folder, the config, model and data paths.
+
+    Returns ``(output_dir, config, model_path, data_path)``; raises a `TidpoError` naming the
+    problem. A ``.gguf`` model is converted here (once), so launched processes find it ready.
+    """
+    from tidpo.training.models import resolve_model
+
+    out = opts.output_path()
+    if (out / "config.yaml").exists() and not (opts.resume or opts.overwrite):
+        raise RunError(f"{out}: already holds a run (use --resume, --overwrite or another name)")
+    cfg = build_config(opts, out)
+    with cfg.main_process_first(desc="model conversion"):  # one process converts a .gguf
+        model_path = resolve_model(opts.model)
+    data_path = Path(opts.dataset) if opts.dataset else bundled_dataset("train")
+    return out, cfg, model_path, data_path
+
+
+def run_training(
+    opts: RunOptions, console: Console | None = None, hooks: RunHooks | None = None
+) -> Path:
+    """Train as configured and write the run folder; returns its path.
+
+    Under ``accelerate launch`` (or ``torchrun``) every process runs this; only the main one
+    writes ``config.yaml`` and ``model/`` (the Trainer's own files are written as it decides).
+    Files are written under a temporary name and renamed, so a failure (disk full, a kill) never
+    leaves a half-written ``config.yaml`` or ``model/``; write errors become a one-line
+    `RunError`. ``--resume`` continues from the newest *complete* checkpoint.
+    """
+    from tidpo.data import DataError, load_preferences, tokenize_dataset
+    from tidpo.training.models import load_causal_lm, load_tokenizer, resolve_model
+    from tidpo.training.trainer import TIDPOTrainer
+
+    console = console or Console()
+    out, cfg, model_path, data_path = check_run(opts)
+    main = cfg.process_index == 0
+    say = console.print if main else _quiet
+    procs = f", {cfg.world_size} processes" if cfg.world_size > 1 else ""
+    say(f"[bold]tidpo train[/]: model {escape(str(model_path))}, data {escape(str(data_path))}, "
+        f"loss {cfg.loss}{procs}", soft_wrap=True)  # fmt: skip
+    say(escape(cfg.precision_choice.describe()), soft_wrap=True)
+    say(escape(describe_optimisation(cfg)), soft_wrap=True)
+    tokenizer = load_tokenizer(model_path, trust_remote_code=opts.trust_remote_code)
+    ds = load_preferences(data_path)  # data first: a bad row stops the run before the model loads
+    try:
+        ds, dropped = tokenize_dataset(ds, tokenizer, cfg.max_length)
+    except DataError as err:
+        raise DataError(f"{data_path}: {err}") from None
+    if dropped:
+        say(f"{escape(str(data_path))}: dropped {dropped} of {dropped + len(ds)} rows with no "
+            f"response token left after truncation to max_length={cfg.max_length}",
+            soft_wrap=True)  # fmt: skip
+    model = load_causal_lm(
+        model_path, dtype=torch.float32, trust_remote_code=opts.trust_remote_code
+    )
+    if opts.lora:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=opts.lora_r, lora_alpha=2 * opts.lora_r, lora_dropout=0.0,
+                          target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
+        model = get_peft_model(model, lora)  # type: ignore[assignment]
+    ref = None
+    if cfg.ref_model:
+        ref = load_causal_lm(resolve_model(cfg.ref_model), dtype=torch.float32,
+                             trust_remote_code=opts.trust_remote_code)  # fmt: skip
+    try:
+        with tensorboard_dir(out / "tb"):  # read when the Trainer builds its callbacks
+            trainer = TIDPOTrainer(model=model, args=cfg, train_dataset=ds,
+                                   processing_class=tokenizer, ref_model=ref)  # fmt: skip
+    except DataError as err:
+        raise DataError(f"{data_path}: {err}") from None
+    # Every process has checked the folder above; only now may the main process write into it.
+    trainer.accelerator.wait_for_everyone()
+    checkpoint = last_complete_checkpoint(out) if opts.resume else None
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_config(out / "config.yaml", cfg, opts, model_path, data_path)
+        if opts.overwrite and not opts.resume:
+            clear_run(out)  # an old checkpoint must never be resumed into the new run
+        if opts.resume:
+            forget_after(out, checkpoint)
+            say(f"resuming from {escape(str(checkpoint))}" if checkpoint else
+                "no complete checkpoint to resume from: training from the start")  # fmt: skip
+    if main and hooks is not None and hooks.before is not None:
+        hooks.before(model, tokenizer)
+    trainer.accelerator.wait_for_everyone()
+    with write_errors(f"{out}: training stopped", out, main):
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    _save_final(trainer, opts, tokenizer, out / "model", main)
+    if main and hooks is not None and hooks.after is not None:
+        final: Any = trainer.accelerator.unwrap_model(trainer.model)
+
+        def load_base() -> Any:
+            return load_causal_lm(model_path, dtype=torch.float32, device=cfg.device,
+                                  trust_remote_code=opts.trust_remote_code)  # fmt: skip
+
+        hooks.after(final, load_base, tokenizer)
+    say(f"[green]done[/]: {escape(str(out))}")
+    return out
+
+
+def _name(value: Any) -> str:
+    """An enum's value (transformers' ``OptimizerNames``, ``SchedulerType``) or the text itself."""
+    return str(getattr(value, "value", value))
+
+
+def describe_optimisation(cfg: TIDPOConfig) -> str:
+    """One line: preset, optimiser, schedule, clipping and anchor sampling of a run."""
+    anchors = (
+        f"anchors up to {cfg.anchor_max_new_tokens} tokens (top_k {cfg.anchor_top_k}, "
+        f"top_p {cfg.anchor_top_p}, temperature {cfg.anchor_temperature})"
+        if cfg.uses_triplet and cfg.anchor_source == "policy"
+        else f"anchors: {cfg.anchor_source if cfg.uses_triplet else 'none'}"
+    )
+    return (
+        f"preset {cfg.preset}: optimiser {_name(cfg.optim)}, learning rate {cfg.learning_rate:g}, "
+        f"schedule {_name(cfg.lr_scheduler_type)} after {cfg.warmup_steps:g} warm-up steps, "
+        f"gradient clipping {cfg.max_grad_norm:g}, {anchors}"
+    )
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """`console.print` for the processes other than the main one."""
+
+
+def _save_final(
+    trainer: TIDPOTrainer, opts: RunOptions, tokenizer: Any, path: Path, main: bool
+) -> None:
+    """Save the final model (LoRA merged) from the main process; gather sharded weights first."""
+    state_dict = None
+    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:  # ZeRO-3 / FSDP: collective
+        wrapped = trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model
+        state_dict = trainer.accelerator.get_state_dict(wrapped)
+    if main:
+        model: Any = trainer.accelerator.unwrap_model(trainer.model)
+        final = model.merge_and_unload() if opts.lora else model
+        save_model(final, tokenizer, path, state_dict)
+    trainer.accelerator.wait_for_everyone()

@@ -1,0 +1,229 @@
+"""A run's settings, merged in one place: the job defaults, a YAML file, ``--set`` and flags.
+
+`resolve_options` merges a YAML config file, ``--set FIELD=VALUE`` items and a command's flags
+into `RunOptions` (where model and data come from, the run folder, LoRA, resume) holding the
+`TIDPOConfig` values the user set; `build_config` adds the job defaults (`DEFAULTS`: the
+10-minute default job) and the preset's values (`tidpo.training.config.merge_values`) and makes
+the `TIDPOConfig`. Every value is checked against its field's type first (`check_value`), so a
+bad one stops the run with one line naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from tidpo.errors import TidpoError
+from tidpo.training.config import TIDPOConfig, merge_values
+
+__all__ = ["DEFAULTS", "RUN_KEYS", "RunError", "RunOptions", "build_config", "check_value",
+           "load_yaml_config", "parse_set", "resolve_options"]  # fmt: skip
+
+# The default job: SmolLM2-135M on the bundled data, sized to finish within 10 minutes on 2 cores.
+DEFAULTS: dict[str, Any] = {
+    "max_steps": 30,
+    "per_device_train_batch_size": 2,
+    "gradient_accumulation_steps": 1,
+    "learning_rate": 2e-5,
+    "lr_scheduler_type": "constant_with_warmup",
+    "warmup_steps": 2,
+    "max_length": 160,
+    "anchor_max_new_tokens": 24,
+    "logging_steps": 1,
+    "save_strategy": "steps",
+    "save_steps": 10,
+    "save_total_limit": 1,
+    "seed": 42,
+    "report_to": ["tensorboard"],
+}
+
+
+class RunError(TidpoError):
+    """A run cannot start (bad option, occupied output folder, ...)."""
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """What `tidpo train` needs beyond `TIDPOConfig`: where the model and data come from."""
+
+    model: str | None = None
+    dataset: str | None = None
+    output_dir: str | None = None
+    name: str | None = None
+    lora: bool = False
+    lora_r: int = 16
+    resume: bool = False
+    overwrite: bool = False
+    trust_remote_code: bool = False
+    report: bool = True
+    eval_dataset: str | None = None
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """`TIDPOConfig` fields (and so any ``TrainingArguments`` option) set by the user."""
+
+    def output_path(self) -> Path:
+        """``output_dir``, else ``runs/<name>`` (a time-stamped name when none is given)."""
+        if self.output_dir:
+            return Path(self.output_dir)
+        return Path("runs") / (self.name or time.strftime("tidpo-%Y%m%d-%H%M%S"))
+
+
+RUN_KEYS = frozenset(f.name for f in dataclasses.fields(RunOptions)) - {"config"}
+"""Keys of a YAML config (and flags) that are no `TIDPOConfig` field: where model and data come
+from, the run folder, LoRA, resume and the report."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that gives one key twice."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise RunError(f"line {line}: key {key!r} is given twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _config_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(TIDPOConfig)}
+
+
+def load_yaml_config(path: Path) -> dict[str, Any]:
+    """Read ``--config FILE.yaml``: `TIDPOConfig` fields plus the run keys (`RUN_KEYS`), each
+    checked (`check_value`); a key given twice is an error, not "the last one wins"."""
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except FileNotFoundError:
+        raise RunError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RunError(f"{where}: invalid YAML ({problem})") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path}: expected a mapping of option: value")
+    for key, value in data.items():
+        try:
+            data[key] = check_value(str(key), value)
+        except RunError as err:
+            raise RunError(f"{path}: {err}") from None
+    return data
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(TIDPOConfig)
+    run = typing.get_type_hints(RunOptions)
+    return {**{k: hints[k] for k in _config_fields()}, **{k: run[k] for k in RUN_KEYS}}
+
+
+_KINDS: dict[Any, str] = {bool: "true or false", int: "an integer", float: "a number",
+                          str: "text", type(None): "null"}  # fmt: skip
+
+
+def _accepts(hint: Any, value: Any) -> bool | None:
+    """Whether ``value`` fits the type ``hint``; None when tidpo cannot tell (enums, lists...)."""
+    if hint is Any:
+        return True
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        answers = [_accepts(arg, value) for arg in typing.get_args(hint)]
+        return True if True in answers else (None if None in answers else False)
+    if hint is bool or hint is str or hint is type(None):
+        return isinstance(value, hint)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return None
+
+
+def _as_number(hint: Any, value: Any) -> Any:
+    """``value`` read as a number when it is text such as ``2e-5`` and the field takes a number.
+
+    YAML 1.1 (PyYAML) reads ``2e-5`` (no dot) as text, where users mean a number.
+    """
+    if not isinstance(value, str) or _accepts(hint, 1.5) is not True or _accepts(hint, value):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def check_value(key: str, value: Any) -> Any:
+    """``value`` checked for the config field ``key`` (and read as a number where text such as
+    ``2e-5`` stands for one); raises `RunError` naming ``key`` when it is no config field or
+    ``value`` has the wrong type.
+
+    Types come from the field annotations (a number field takes a number, a flag true or false,
+    a text field text); values of other types (enums, lists) are left to `TIDPOConfig`.
+    """
+    hints = _field_types()
+    if key not in hints:
+        raise RunError(f"unknown config key {key!r}")
+    hint = hints[key]
+    value = _as_number(hint, value)
+    if _accepts(hint, value) is False:
+        args = typing.get_args(hint) or (hint,)
+        kind = " or ".join(_KINDS[a] for a in args if a in _KINDS)
+        raise RunError(f"{key}: must be {kind}; got {value!r}")
+    return value
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """``FIELD=VALUE`` of ``--set``: the value read as YAML, checked for the field."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise RunError(f"--set {item!r}: expected FIELD=VALUE")
+    parsed = yaml.safe_load(raw)
+    # YAML 1.1 reads "no"/"yes"/"on"/"off" as booleans; keep those words as text.
+    if isinstance(parsed, bool) and raw.strip().lower() not in ("true", "false"):
+        parsed = raw.strip()
+    try:
+        return key.strip(), check_value(key.strip(), parsed)
+    except RunError as err:
+        raise RunError(f"--set {item}: {err}") from None
+
+
+def resolve_options(
+    config_file: Path | None, sets: Sequence[str], flags: Mapping[str, Any]
+) -> RunOptions:
+    """The one place a run's settings are merged: the YAML file, then ``--set FIELD=VALUE``, then
+    the command's flags (those given: not None). Run keys (`RUN_KEYS`: model, dataset,
+    ``resume``, ...) become `RunOptions` fields, everything else its ``config``."""
+    values: dict[str, Any] = load_yaml_config(config_file) if config_file else {}
+    for item in sets:
+        key, value = parse_set(item)
+        values[key] = value
+    for key, value in flags.items():
+        if value is not None:
+            values[key] = check_value(key, value)
+    run = {key: values.pop(key) for key in list(values) if key in RUN_KEYS}
+    return RunOptions(**run, config=values)
+
+
+def build_config(opts: RunOptions, output_dir: Path) -> TIDPOConfig:
+    """DEFAULTS, then the preset's values, then the user's; `TIDPOConfig` validates and names
+    bad fields."""
+    user = {key: check_value(key, value) for key, value in opts.config.items()}
+    values = merge_values(user, DEFAULTS)
+    if not torch.cuda.is_available():
+        values["use_cpu"] = True
+    values["output_dir"] = str(output_dir)
+    try:
+        return TIDPOConfig(**values)
+    except TidpoError:
+        raise
+    except (ValueError, TypeError) as err:  # TrainingArguments' own checks
+        raise RunError(f"config: {str(err).splitlines()[0]}") from err

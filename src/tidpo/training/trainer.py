@@ -1,0 +1,361 @@
+"""TIDPOTrainer: `transformers.Trainer` whose `compute_loss` runs one TI-DPO step.
+
+One step, as data (docs/architecture.md): chosen, rejected (and anchor) rows go through the
+policy in one forward via ``inputs_embeds``; the attribution of Eq. 5-6 reuses that graph (a
+gradient to the embeddings only); weights, reference log-probs and the objective follow, each
+computed once.
+Everything else (optimiser, accumulation, mixed precision, checkpoints, resume, logging,
+distribution) is the Trainer's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
+
+from tidpo import functional as F
+from tidpo.data import DataError, eos_token_ids, pad_token_id, tokenize_dataset
+from tidpo.data.collate import PreferenceCollator
+from tidpo.training.anchors import AnchorSampler
+from tidpo.training.callbacks import MetricsFileCallback, NonFiniteGuard, NonFiniteLossError
+from tidpo.training.config import TIDPOConfig
+from tidpo.training.forward import (
+    Forward,
+    head_agrees,
+    output_head,
+    reference_logps,
+    run_forward,
+    token_logps,
+)
+from tidpo.training.objective import StepTensors, step_loss, weight_span_mask
+from tidpo.training.reference import ReferenceCache, frozen_copy
+
+__all__ = ["MetricsFileCallback", "NonFiniteLossError", "TIDPOTrainer", "prepare_dataset"]
+
+
+def prepare_dataset(
+    ds: Dataset, tokenizer: PreTrainedTokenizerBase, cfg: TIDPOConfig, dataset_id: int = 0
+) -> Dataset:
+    """Tokenize (unless already tokenized), number the rows (``idx``) and tag them with
+    ``dataset_id`` (0: training set, 1..: evaluation sets): the caches key rows by both."""
+    if "chosen_ids" not in ds.column_names:
+        ds, _ = tokenize_dataset(ds, tokenizer, cfg.max_length)
+    ds = ds.remove_columns([c for c in ("idx", "dataset_id") if c in ds.column_names])
+    ds = ds.add_column("idx", list(range(len(ds))))
+    ds = ds.add_column("dataset_id", [dataset_id] * len(ds))
+    needs_column = cfg.uses_triplet and cfg.anchor_source == "column"
+    if needs_column and (
+        "anchor_ids" not in ds.column_names or any(a is None for a in ds["anchor_ids"])
+    ):
+        raise DataError("anchor_source 'column' needs an 'anchor' value in every row")
+    return ds
+
+
+def _disable_dropout(model: nn.Module) -> None:
+    """Dropout off in the policy (as TRL does): attribution and log-probs see the same network."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def _stack(top: Tensor, bottom: Tensor) -> Tensor:
+    """Rows of two ``[n, w]`` tensors, right-padded with zeros to a common width."""
+    width = max(top.shape[1], bottom.shape[1])
+    return torch.cat([nn.functional.pad(x, (0, width - x.shape[1])) for x in (top, bottom)])
+
+
+class TIDPOTrainer(Trainer):
+    """Trainer for TI-DPO and the baseline preference objectives (``TIDPOConfig.loss``).
+
+    Args:
+        model: the policy (a transformers causal LM, or a PEFT model for LoRA).
+        args: a `TIDPOConfig`.
+        train_dataset / eval_dataset: preference rows (`tidpo.data.load_preferences`), raw or
+            already tokenized.
+        processing_class: the tokenizer.
+        ref_model: the reference; None means a frozen copy of the policy (or, for a PEFT model,
+            the policy with its adapter disabled, so no second model is held).
+    """
+
+    args: TIDPOConfig
+
+    def __init__(
+        self,
+        model: nn.Module,
+        args: TIDPOConfig,
+        train_dataset: Dataset,
+        processing_class: PreTrainedTokenizerBase,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        ref_model: nn.Module | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+    ) -> None:
+        self.pad_token_id = pad_token_id(processing_class, model)
+        self.special_ids = torch.tensor(sorted(set(processing_class.all_special_ids)),
+                                        dtype=torch.long)  # fmt: skip
+        _disable_dropout(model)
+        train_dataset = prepare_dataset(train_dataset, processing_class, args)
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {name: prepare_dataset(d, processing_class, args, i + 1)
+                            for i, (name, d) in enumerate(eval_dataset.items())}  # fmt: skip
+        elif eval_dataset is not None:
+            eval_dataset = prepare_dataset(eval_dataset, processing_class, args, 1)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=PreferenceCollator(self.pad_token_id),
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=[MetricsFileCallback(), *(callbacks or [])],
+        )
+        self.loss_is_scaled_for_ga = False  # compute_loss returns a batch mean
+        self.guard = NonFiniteGuard(self)
+        self.add_callback(self.guard)
+        self._metrics: dict[str, dict[str, list[float]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
+        self.is_peft = hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+        self._fused: bool | None = None  # log-probs from hidden states (None: not checked yet)
+        self._fused_checked = False
+        self.ref_model: nn.Module | None = None
+        self.ref_caches: dict[int, ReferenceCache] = {}  # by dataset_id
+        if args.uses_reference:
+            evals = eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset}
+            datasets = [train_dataset, *(d for d in evals.values() if d is not None)]
+            self._setup_reference(ref_model, datasets)
+        self.anchor_sampler: AnchorSampler | None = None
+        if args.uses_triplet and args.anchor_source == "policy":
+            self.anchor_sampler = AnchorSampler(
+                pad_token_id=self.pad_token_id,
+                eos_token_ids=eos_token_ids(processing_class, model),
+                sampling=args.anchor_sampling,
+                refresh_steps=args.anchor_refresh_steps,
+                from_=args.anchor_from,
+            )
+
+    # ----------------------------------------------------------------------------- reference
+    @property
+    def ref_cache(self) -> ReferenceCache | None:
+        """The precomputed reference log-probs of the training set (None when not precomputed)."""
+        return self.ref_caches.get(0)
+
+    def _setup_reference(self, ref_model: nn.Module | None, datasets: list[Dataset]) -> None:
+        """The live reference model and, with ``precompute_ref``, one cache per dataset."""
+        args = self.args
+        policy: nn.Module = self.model  # type: ignore[assignment]
+        if ref_model is None and not self.is_peft:
+            # Its forwards all run under autocast_context: store the linears cast once.
+            lowp = {"bf16": torch.bfloat16, "fp16": torch.float16}
+            ref_model = frozen_copy(policy, lowp.get(str(self.accelerator.mixed_precision)))
+        if ref_model is not None:
+            ref_model.eval()
+            for p in ref_model.parameters():
+                p.requires_grad_(False)
+            ref_model = ref_model.to(args.device)
+        if args.precompute_ref:
+            for ds in datasets:
+                self.ref_caches[int(ds[0]["dataset_id"])] = self._build_cache(ref_model, ds)
+            # Live anchors still need pi_ref for their own tokens (only those rows run).
+            if not args.uses_triplet:
+                ref_model = None
+        self.ref_model = ref_model
+
+    def _build_cache(self, ref_model: nn.Module | None, ds: Dataset) -> ReferenceCache:
+        from tidpo.training.models import cache_dir
+        from tidpo.training.reference import data_fingerprint, model_fingerprint
+
+        source: nn.Module = ref_model if ref_model is not None else self.model  # type: ignore[assignment]
+        extra = f"{self.args.max_length}:{self.accelerator.mixed_precision}"  # bf16 logps differ
+        key = f"{model_fingerprint(source)}-{data_fingerprint(ds, extra)}"
+        path = cache_dir() / "ref-logps" / f"{key}.safetensors"
+        # The main process builds and writes the cache; the others wait, then read its file.
+        with self.args.main_process_first(desc="reference cache"):
+            if path.exists():
+                return ReferenceCache.load(path)
+            return self._write_cache(source, ref_model is None, ds, path)
+
+    def _write_cache(
+        self, source: nn.Module, disable_adapter: bool, ds: Dataset, path: Path
+    ) -> ReferenceCache:
+        """Run the reference over ``ds`` once and save the log-probs at ``path``."""
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=max(1, self.args.per_device_train_batch_size),
+            collate_fn=self.data_collator, shuffle=False,
+        )  # fmt: skip
+        with self.autocast_context():
+            cache = ReferenceCache.build(source.to(self.args.device), iter(loader), len(ds),
+                                         disable_adapter=disable_adapter, fused=True)  # fmt: skip
+        cache.save(path)
+        return cache
+
+    def autocast_context(self) -> Any:
+        """The mixed-precision context the policy's forward runs in (bf16 autocast when
+        ``bf16=True``): accelerate applies it inside the prepared model's forward only, so the
+        reference forward, the reference cache and the output head use it explicitly."""
+        return self.accelerator.autocast()
+
+    @staticmethod
+    def _row_key(inputs: dict[str, Tensor]) -> tuple[int, Tensor] | None:
+        """``(dataset_id, idx)`` of the batch's rows (one dataset per batch), or None."""
+        if "idx" not in inputs or "dataset_id" not in inputs:
+            return None
+        ids = inputs["dataset_id"]
+        if ids.numel() == 0 or bool((ids != ids[0]).any()):
+            return None
+        return int(ids[0]), inputs["idx"]
+
+    def _reference_logps(self, model: nn.Module, ids: Tensor, am: Tensor, span: Tensor,
+                         key: tuple[int, Tensor] | None = None, need_logits: bool = False,
+                         ) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+        """Per-token reference log-probs ``[N, L-1]`` (and logits when ``need_logits``).
+
+        Rows of a dataset with a precomputed cache (``key`` = its id and the rows' indices) come
+        from that cache; other rows (anchors: new text) run through the live reference.
+        """
+        cache = self.ref_caches.get(key[0]) if key is not None else None
+        if cache is not None and key is not None:
+            return cache.lookup(key[1], span), None
+        live, fused = self.ref_model, self._fused is not False
+        live = live if live is not None else self.accelerator.unwrap_model(model)
+        with self.autocast_context():
+            return reference_logps(live, ids, am, span, self.ref_model is None, need_logits, fused)
+
+    def _forward(self, model: nn.Module, ids: Tensor, am: Tensor, attribute: bool,
+                 full_logits: bool) -> Forward:  # fmt: skip
+        """One policy forward (`tidpo.training.forward.run_forward`): the fused path when the
+        model's head is a plain linear map (checked once against the model's own logits)."""
+        unwrapped: Any = self.accelerator.unwrap_model(model)
+        if self._fused is None:
+            self._fused = output_head(unwrapped) is not None
+        head = output_head(unwrapped) if self._fused else None
+        fwd = run_forward(model, ids, am, attribute=attribute, full_logits=full_logits,
+                          head=head, embed_from=unwrapped)  # fmt: skip
+        if not self._fused_checked and fwd.head is not None:
+            self._fused_checked = True
+            if not head_agrees(fwd):
+                self._fused = False
+                return self._forward(model, ids, am, attribute, full_logits)
+        return fwd
+
+    def _attribution_target(self, fwd: Forward, pair_lp: Tensor, am: Tensor) -> Tensor:
+        """The per-row target whose gradient to the embeddings is the attribution (Eq. 5-6).
+
+        ``max_logit`` (the paper): the largest logit at each row's last real position (on the
+        fused path the forward projected those positions only). ``response_logprob``: the row's
+        summed response log-probability, which does not single out the last position.
+        """
+        if self.args.attribution_target == "response_logprob":
+            return pair_lp.sum(-1)
+        if fwd.head is not None:
+            return fwd.logits.max(-1).values
+        return F.last_token_max_logit(fwd.logits, am)
+
+    # ---------------------------------------------------------------------------------- step
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        cfg = self.args
+        mode = "train" if model.training else "eval"
+        ids, am, rm = inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"]
+        b = ids.shape[0] // 2
+        need_logits = cfg.needs_full_logits
+        # Two spans: log-probs, margin and KL run over the response labels (shifted); weights
+        # are placed over the weight span (unshifted; the whole sequence for weight_span
+        # "sequence"), see `StepTensors`.
+        response = rm[:, 1:]
+        seq_kl = ref_lp = anchors = None
+        rows = self._row_key(inputs)
+        # One autocast region for the whole step's forwards (sampling included), so autocast
+        # casts the policy's weights once per step rather than once per forward call.
+        with self.autocast_context():
+            if cfg.uses_triplet and self.anchor_sampler is not None:  # stale rows are sampled
+                policy = self.accelerator.unwrap_model(model)
+                anchors = self.anchor_sampler.rows(policy, inputs, self.state.global_step, rows)
+            elif cfg.uses_triplet:
+                anchors = (inputs["anchor_input_ids"], inputs["anchor_attention_mask"],
+                           inputs["anchor_response_mask"])  # fmt: skip
+            # Chosen and rejected rows: one forward (attribution reuses its graph below).
+            fwd = self._forward(model, ids, am, cfg.needs_attribution, need_logits)
+            policy_lp = pair_lp = token_logps(fwd, ids, response)
+            if cfg.uses_reference:
+                ref_lp, ref_logits = self._reference_logps(model, ids, am, response, rows,
+                                                           need_logits)  # fmt: skip
+                if ref_logits is not None and fwd.head is None:
+                    seq_kl = F.sequential_kl(fwd.logits[:, :-1], ref_logits, response)
+            if anchors is not None:
+                # Anchor rows: a forward of their own, at their own (usually shorter) width.
+                a_ids, a_am, a_rm = anchors
+                a_resp = a_rm[:, 1:]
+                a_lp = token_logps(self._forward(model, a_ids, a_am, False, False), a_ids, a_resp)
+                policy_lp, response = _stack(policy_lp, a_lp), _stack(response, a_resp)
+                if ref_lp is not None:
+                    ref_lp = _stack(ref_lp, self._reference_logps(model, a_ids, a_am, a_resp)[0])
+        scores = None
+        if cfg.needs_attribution:
+            scores = F.attribution_from_graph(self._attribution_target(fwd, pair_lp, am),
+                                              fwd.embeds, am)  # fmt: skip
+        gen = None
+        if cfg.loss == "tidpo" and cfg.weighting == "random":
+            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.state.global_step)
+        wspan = weight_span_mask(am, rm, cfg.weight_span)
+        special = torch.isin(ids, self.special_ids.to(ids.device)) if cfg.loss == "tidpo" else None
+        tensors = StepTensors(policy_lp, ref_lp, response, wspan, scores, seq_kl, special)
+        details: dict[str, Tensor] = {}
+        loss, metrics = step_loss(cfg, tensors, b, gen, details if return_outputs else None)
+        if mode == "train" and not torch.isfinite(loss):
+            # No update from this batch: a zero loss that still reaches every trainable
+            # parameter (so DDP's reducer is satisfied), then the guard drops the gradients.
+            self.guard.bad_in_step = True
+            metrics = {}
+            loss = sum((p.reshape(-1)[0] for p in model.parameters() if p.requires_grad),
+                       torch.zeros((), device=ids.device)) * 0.0  # fmt: skip
+        for key, value in metrics.items():
+            self._metrics[mode][key].append(value)
+        outputs = {"logits": fwd.logits, "policy_logps": policy_lp, **details}
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """Evaluation loss; attribution needs a graph, so gradients are on (nothing is stepped)."""
+        inputs = self._prepare_inputs(inputs)
+        grad = torch.enable_grad() if self.args.needs_attribution else contextlib.nullcontext()
+        with grad, self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        model.zero_grad(set_to_none=True)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the step metrics (averaged since the last log) to the Trainer's record."""
+        mode = "train" if self.model is not None and self.model.training else "eval"
+        prefix = "eval_" if mode == "eval" else ""
+        means = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        self._metrics[mode].clear()
+        if self.accelerator.num_processes > 1:  # each rank saw its own rows: average them
+            from accelerate.utils import gather_object
+
+            ranks = gather_object([means])
+            keys = sorted({k for m in ranks for k in m})
+            means = {
+                k: sum(m[k] for m in ranks if k in m) / sum(k in m for m in ranks) for k in keys
+            }
+        logs.update({f"{prefix}{key}": value for key, value in means.items()})
+        if mode == "train":
+            logs["train/skipped_steps"] = float(self.guard.skipped)
+        super().log(logs, start_time)
