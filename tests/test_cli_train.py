@@ -131,7 +131,7 @@ def test_yaml_duplicate_key_is_an_error(tmp_path: Path) -> None:
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("beta: 0.1\nloss: dpo\nbeta: 0.3\n")
     code, output = _train("--config", str(cfg), "--output-dir", str(tmp_path / "r"))
-    assert code == 2 and "line 3: key 'beta' is given twice" in output
+    assert code == 2 and "cfg.yaml: line 3: key 'beta' is given twice" in output
 
 
 @pytest.mark.slow

@@ -305,3 +305,10 @@ def test_two_workers_share_the_arms_and_the_report_has_all(
     assert final["ran"] == [] and set(final["arms"]) == {"base", "dpo", "dpo-noise20"}
     with pytest.raises(ExperimentError, match="--worker"):
         _run("noise", out, tiny_model_dir, worker=(2, 2))
+
+
+def test_arms_option_replaces_the_budgets_list(tmp_path: Path, tiny_model_dir: Path) -> None:
+    with pytest.raises(ExperimentError, match="--arms: unknown 'nope'"):
+        _run("ablation", tmp_path / "a", tiny_model_dir, arms=["nope"])
+    got = _run("ablation", tmp_path / "b", tiny_model_dir, arms=["triplet-mean"])
+    assert got["ran"] == ["base (untrained)", "triplet-mean seed 0"]

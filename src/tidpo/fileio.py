@@ -15,7 +15,33 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_atomic", "write_json_atomic", "write_text_atomic"]
+from tidpo.errors import TidpoError
+
+
+class OutputPathError(TidpoError):
+    """An output path that cannot be written: a file where a folder is needed, or the reverse,
+    or a place that cannot be created."""
+
+
+def check_output_path(path: Path, what: str, folder: bool = True) -> None:
+    """Check, before any work, that ``path`` can be written (as a folder, or a file) without
+    creating anything: it is not the wrong kind of thing, and its nearest existing ancestor is a
+    writable folder. Raises `OutputPathError` naming ``what`` (the option, e.g. ``--out``)."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        kind = "a file" if folder else "a folder"
+        raise OutputPathError(f"{what} {path}: exists and is {kind}")
+    parent = path if path.exists() else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputPathError(f"{what} {path}: cannot be created ({parent} is a file)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{what} {path}: cannot be created ({parent} is not writable)")
+
+
+__all__ = ["OutputPathError", "check_output_path", "write_atomic", "write_json_atomic",
+           "write_text_atomic"]  # fmt: skip
 
 
 def write_atomic(path: Path, write: Callable[[Path], object]) -> None:

@@ -55,7 +55,7 @@ from tidpo.analysis.rewards import (
     reward_diffs,
     reward_stats,
 )
-from tidpo.fileio import write_json_atomic
+from tidpo.fileio import check_output_path, write_json_atomic
 from tidpo.training.precision import Precision, choose_precision
 
 if TYPE_CHECKING:
@@ -262,20 +262,30 @@ def evaluate_paths(
     A reference that resolves to the model's own folder reuses the loaded model.
     """
     from tidpo.data import bundled_dataset
-    from tidpo.training.models import load_causal_lm, load_tokenizer, resolve_model
+    from tidpo.training.models import (
+        check_model_folder,
+        load_causal_lm,
+        load_tokenizer,
+        resolve_model,
+    )
 
     data = Path(dataset_path) if dataset_path is not None else bundled_dataset("test")
     if str(dataset_path) in ("train", "test") and not data.exists():
         data = bundled_dataset(str(dataset_path))
+    if out_dir is not None:  # every path is checked before any model work
+        check_output_path(Path(out_dir), "--out")
     rows = load_rows(data, limit)
     choice = precision or choose_precision("auto")
     path = resolve_model(model_path)
+    ref = resolve_model(ref_path) if ref_path is not None else None
+    for folder in (path, ref):
+        if folder is not None:
+            check_model_folder(folder, trust_remote_code)
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     load = functools.partial(load_causal_lm, dtype=torch.float32, device=choice.device,
                              trust_remote_code=trust_remote_code)  # fmt: skip
     model = load(path)
     ref_model = ref_tokenizer = None
-    ref = resolve_model(ref_path) if ref_path is not None else None
     if ref is not None and ref.resolve() == path.resolve():
         ref_model, ref_tokenizer = model, tokenizer
     elif ref is not None:

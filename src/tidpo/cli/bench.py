@@ -14,6 +14,7 @@ from rich.console import Console
 
 from tidpo.cli.boundary import boundary
 from tidpo.cli.options import Debug, Model, PrecisionOpt
+from tidpo.fileio import check_output_path
 
 __all__ = ["bench_command"]
 
@@ -57,6 +58,10 @@ def bench_command(
     console = Console()
     with boundary(debug):
         chosen = tuple(c.strip() for c in configs.split(",") if c.strip()) if configs else CONFIGS
+        if json_path is not None:  # output paths before any work
+            check_output_path(json_path, "--json", folder=False)
+        if profile is not None:
+            check_output_path(profile, "--profile")
         opts = BenchOptions(model=model, batch=batch, max_length=max_length, steps=steps,
                             warmup=warmup, repeats=repeats, checkpointing=checkpointing,
                             configs=chosen, profile_dir=profile, precision=precision,

@@ -38,7 +38,10 @@ def boundary(debug: bool, interrupted: Callable[[], str] | None = None) -> Itera
     ``interrupted`` says, on Ctrl-C, where things stand (e.g. the last checkpoint and how to
     resume).
     """
-    logging.basicConfig(level=logging.ERROR)  # a library's own "ERROR:" line would come first
+    logging.basicConfig(level=logging.ERROR)
+    if not debug:  # a library's own "ERROR:" line would come before tidpo's one line
+        for name in ("transformers", "datasets", "accelerate", "torch"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         yield
     except typer.Exit:

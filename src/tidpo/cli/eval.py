@@ -117,7 +117,9 @@ def run_eval(
     console: Console | None = None,
     precision: str = "auto",
 ) -> dict[str, Any]:
-    """Everything `tidpo eval` does, as a function: evaluate, write ``out/eval.json``, print."""
+    """Everything `tidpo eval` does, as a function: evaluate, write ``out/eval.json``, print.
+
+    The output folder, the data file and the model folders are checked before any model work."""
     from tidpo.analysis.evaluation import EvalSettings, evaluate_paths
     from tidpo.training.precision import choose_precision
 

@@ -59,6 +59,10 @@ def experiment_command(
         str | None,
         typer.Option(help="auto | fp32 | bf16 | fp16 (default: the budget's; medium: fp32)"),
     ] = None,
+    arms: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated trained arms instead of the budget's (e.g. dpo,tidpo)."),
+    ] = None,
     worker: Annotated[
         str,
         typer.Option(help="I/N: run every N-th trained step from the I-th (N processes, one out)."),
@@ -87,4 +91,5 @@ def experiment_command(
             real_data=real_data,
             precision=precision,
             worker=_worker(worker),
+            arms=[a.strip() for a in arms.split(",") if a.strip()] if arms else None,
         )

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +16,7 @@ from rich.console import Console
 
 from tidpo.cli.boundary import boundary
 from tidpo.cli.options import Debug, Model, PrecisionOpt, TrustRemoteCode
+from tidpo.fileio import check_output_path
 
 __all__ = ["explain_command", "run_explain"]
 
@@ -46,7 +48,12 @@ def run_explain(
         load_pair,
         write_explain,
     )
-    from tidpo.training.models import load_causal_lm, load_tokenizer, resolve_model
+    from tidpo.training.models import (
+        check_model_folder,
+        load_causal_lm,
+        load_tokenizer,
+        resolve_model,
+    )
     from tidpo.training.precision import choose_precision
 
     console = console or Console(stderr=True)
@@ -57,12 +64,13 @@ def run_explain(
         raise ExplainError("give either --dataset (with --index) or --prompt/--chosen/--rejected")
     if dataset is None and not all(given):
         raise ExplainError("give --prompt, --chosen and --rejected together, or --dataset")
-    if not 0.0 <= lam <= 1.0:
+    if not 0.0 <= lam <= 1.0:  # (false for NaN as well)
         raise ExplainError(f"--lam must be in [0, 1], got {lam}")
-    if sigma_div <= 0:
-        raise ExplainError(f"--sigma-div must be > 0, got {sigma_div}")
+    if not math.isfinite(sigma_div) or sigma_div <= 0:
+        raise ExplainError(f"--sigma-div must be a finite number > 0, got {sigma_div}")
     if top_k < 1:
         raise ExplainError(f"--top-k must be >= 1, got {top_k}")
+    check_output_path(out, "--out")
     source: dict[str, Any]
     if dataset is not None:
         source = load_pair(dataset, index)
@@ -73,6 +81,7 @@ def run_explain(
 
     start = time.perf_counter()
     model_path = resolve_model(model)
+    check_model_folder(model_path, trust_remote_code)
     tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
     lm = load_causal_lm(model_path, dtype=torch.float32, trust_remote_code=trust_remote_code,
                         device=choice.device)  # fmt: skip

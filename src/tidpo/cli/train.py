@@ -42,6 +42,33 @@ def _hooks(opts: Any, console: Console) -> Any:
     return RunHooks(before=job.before, after=after)
 
 
+def _dry_run(opts: Any, console: Console) -> None:
+    """Everything `tidpo train` checks before training, and the data through the tokenizer."""
+    from tidpo.data import load_preferences, tokenize_dataset
+    from tidpo.training.models import load_tokenizer
+    from tidpo.training.run import check_run
+
+    out, cfg, model_path, data_path = check_run(opts)
+    tokenizer = load_tokenizer(model_path, trust_remote_code=opts.trust_remote_code)
+    ds, dropped = tokenize_dataset(load_preferences(data_path), tokenizer, cfg.max_length)
+    console.print(f"dry run: settings, {model_path} and {data_path} ({len(ds)} rows, {dropped} "
+                  f"dropped by max_length) are usable; nothing was written to {out}",
+                  highlight=False, markup=False, soft_wrap=True)  # fmt: skip
+
+
+def _where_to_resume(opts: Any) -> str:
+    """After Ctrl-C: the run's last complete checkpoint and how to continue from it."""
+    if opts is None:
+        return ""
+    from tidpo.training.runfolder import last_complete_checkpoint
+
+    out = opts.output_path()
+    last = last_complete_checkpoint(out) if out.exists() else None
+    if last is None:
+        return f"no checkpoint of {out} was saved yet; rerun the same command to start again"
+    return f"the last checkpoint is {last}; run the same command with --resume to continue"
+
+
 def train_command(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option(help="YAML file of TIDPOConfig fields.")] = None,
@@ -85,6 +112,10 @@ def train_command(
         int | None,
         typer.Option(help="Data-parallel processes: re-launches itself via accelerate launch."),
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(help="Check the settings, paths, model folder and data, then stop."),
+    ] = False,
     debug: Debug = False,
 ) -> None:
     """Train a model with TI-DPO (defaults: SmolLM2-135M-Instruct on the bundled data)."""
@@ -93,15 +124,23 @@ def train_command(
     from tidpo.training.settings import resolve_options
 
     console = Console()
-    with boundary(debug):
+    where: dict[str, Any] = {}
+    with boundary(debug, lambda: _where_to_resume(where.get("opts"))):
         flags = {"model": model, "dataset": dataset, "loss": loss, "weighting": weighting,
                  "preset": preset, "precision": precision, "lora": lora, "max_steps": max_steps,
                  "output_dir": output_dir, "name": name, "resume": resume,
                  "overwrite": overwrite, "report": report,
                  "trust_remote_code": trust_remote_code or None}  # fmt: skip
+        if max_steps is not None and max_steps < 1:
+            raise TidpoError(f"--max-steps: must be >= 1 (to train by epochs: --set "
+                             f"num_train_epochs=N); got {max_steps}")  # fmt: skip
         opts = resolve_options(config, set_ or [], flags)
+        where["opts"] = opts
         if num_processes is not None and num_processes < 1:
             raise TidpoError(f"--num-processes: must be >= 1; got {num_processes}")
+        if dry_run:
+            _dry_run(opts, console)
+            return
         if num_processes and num_processes > 1 and not in_launched_process():
             relaunch(opts, num_processes, rebuild_argv(ctx, {"num_processes"}))
         else:

@@ -122,6 +122,9 @@ def _read_disk(path: Path, name: str) -> list[Record]:
         raise DataError(
             f"{name}: is a folder but not a datasets folder (expected Dataset.save_to_disk output)"
         ) from None
+    except (ValueError, KeyError, TypeError, OSError) as err:  # a broken state.json, arrow file...
+        first = " ".join(str(err).split())[:160] or type(err).__name__
+        raise DataError(f"{name}: a datasets folder that cannot be read ({first})") from None
     if isinstance(loaded, DatasetDict):
         splits = list(loaded.keys())
         if "train" in loaded:

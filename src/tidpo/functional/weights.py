@@ -233,7 +233,7 @@ def cap_weights(weights: Tensor, span_mask: Tensor, cap: float) -> Tensor:
             break
         free = (~at_cap) & (m > 0)
         free_mass = (w * free).sum(-1, keepdim=True)
-        share = torch.where(free_mass > 0, w / free_mass.clamp(min=1e-30),
+        share = torch.where(free_mass > 1e-30, w / free_mass.clamp(min=1e-30),
                             free / free.sum(-1, keepdim=True).clamp(min=1))  # fmt: skip
         w = torch.where(at_cap, limit.expand_as(w), w + excess * share * free)
     return w * m

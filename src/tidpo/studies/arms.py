@@ -120,8 +120,7 @@ BUDGETS: dict[str, Budget] = {
     "small": Budget(3, 2, 96, 1e-4, 16, 8, 32, real_eval=0, real_pairs=40),
     "medium": Budget(None, 8, 128, 2e-5, 24, None, 64, real_eval=200, real_pairs=100,
                      warmup_steps=3, precision="fp32", real_max_length=160,
-                     arms=("dpo", "tidpo", "uniform", "no-triplet", "special-prior",
-                           "triplet-mean", "combined")),
+                     arms=("dpo", "tidpo", "uniform", "no-triplet", "special-prior")),
 }  # fmt: skip
 
 

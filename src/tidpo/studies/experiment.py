@@ -29,7 +29,8 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from tidpo.studies.arms import BUDGETS, PRIORITY, STUDIES, Budget, ExperimentError
+from tidpo.fileio import check_output_path
+from tidpo.studies.arms import ARMS, BUDGETS, PRIORITY, STUDIES, Budget, ExperimentError
 
 __all__ = ["run_experiment"]
 
@@ -37,7 +38,9 @@ __all__ = ["run_experiment"]
 def _arms(studies: Sequence[str], budget: Budget) -> list[str]:
     arms = list(dict.fromkeys(a for s in studies for a in STUDIES[s] if a != "base"))
     if budget.arms is not None:
-        arms = [a for a in arms if a in budget.arms]
+        arms = [a for a in arms if a in budget.arms] + [
+            a for a in budget.arms if a not in arms and "ablation" in studies
+        ]
     return sorted(arms, key=lambda a: PRIORITY.index(a) if a in PRIORITY else len(PRIORITY))
 
 
@@ -56,6 +59,7 @@ def run_experiment(
     real_data: str | Path | None = None,
     precision: str | None = None,
     worker: tuple[int, int] = (0, 1),
+    arms: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Run ``study`` (ablation, noise, importance or all); write experiment.md/json and plots.
 
@@ -65,8 +69,9 @@ def run_experiment(
     already there without running the missing steps (they are listed as ``missing``).
     ``worker=(i, n)``: this process runs the trained steps whose place in the seed-major order is
     ``i`` modulo ``n`` (start ``n`` processes on one ``out`` to use ``n`` cores; worker 0 also
-    runs the importance study and the base model, which the others wait for). Returns the
-    summary (also ``experiment.json``).
+    runs the importance study and the base model, which the others wait for). ``arms`` replaces
+    the budget's list of trained arms (any of `ARMS`). Returns the summary (also
+    ``experiment.json``).
     """
     from tidpo.studies.runner import Experiment
     from tidpo.studies.tables import write_report
@@ -83,7 +88,15 @@ def run_experiment(
         raise ExperimentError(f"--worker: must be I/N with 0 <= I < N; got {index}/{workers}")
     if real_data is not None and not Path(real_data).is_dir():
         raise ExperimentError(f"--real-data: {real_data} is not a folder")
+    if dataset is not None and not Path(dataset).exists():
+        raise ExperimentError(f"--dataset: {dataset}: file not found")
+    check_output_path(Path(out), "--out")
     chosen = BUDGETS[budget]
+    if arms is not None:
+        unknown = [a for a in arms if a not in ARMS]
+        if unknown:
+            raise ExperimentError(f"--arms: unknown {unknown[0]!r} (one of {', '.join(ARMS)})")
+        chosen = dataclasses.replace(chosen, arms=tuple(arms))
     if max_steps is not None:
         chosen = dataclasses.replace(chosen, max_steps=max_steps)
     if eval_limit is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -10,6 +11,7 @@ from transformers import TrainingArguments
 
 from tidpo.errors import TidpoError
 from tidpo.training.precision import Precision, PrecisionError, choose_precision
+from tidpo.training.values import range_problems, type_problem
 
 LOSSES = ("tidpo", "dpo", "cdpo", "ipo", "hinge", "robust", "simpo", "tdpo")
 WEIGHTINGS = ("hybrid", "attribution", "prior", "uniform", "random", "softmax_prior")
@@ -144,14 +146,27 @@ class TIDPOConfig(TrainingArguments):
     report_to: Any = field(default="none")
 
     def __post_init__(self) -> None:
+        self._check_types()
         _choice("preset", self.preset, PRESETS)
         explicit: frozenset[str] = getattr(self, "_explicit_fields", frozenset())
         for key, value in PRESET_VALUES[self.preset].items():
             if key not in explicit:
                 setattr(self, key, value)
         self.validate_tidpo()
+        problems = range_problems({f.name: getattr(self, f.name) for f in fields(self)})
+        if problems:
+            raise ConfigError(problems[0])
         self._resolve_precision(explicit)
         super().__post_init__()
+
+    def _check_types(self) -> None:
+        """Every field with a plain annotation (number, integer, flag, text) holds such a value,
+        and every number is finite (`tidpo.training.values.type_problem`)."""
+        hints = _hints()
+        for f in fields(self):
+            problem = type_problem(f.name, hints.get(f.name, Any), getattr(self, f.name))
+            if problem:
+                raise ConfigError(problem)
 
     def _resolve_precision(self, explicit: frozenset[str]) -> None:
         """Set ``bf16``/``fp16`` from ``precision`` (`tidpo.training.precision.choose_precision`).
@@ -246,6 +261,11 @@ class TIDPOConfig(TrainingArguments):
         """The TI-DPO fields only (for config.yaml and reports)."""
         own = {f.name for f in fields(TIDPOConfig)} - {f.name for f in fields(TrainingArguments)}
         return {name: getattr(self, name) for name in sorted(own)}
+
+
+@functools.cache
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(TIDPOConfig)
 
 
 def _record_explicit_fields(cls: type[TIDPOConfig]) -> None:

@@ -15,6 +15,7 @@ import contextlib
 import copy
 import hashlib
 import importlib.util
+import json
 import os
 import secrets
 import shutil
@@ -37,6 +38,7 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "cache_dir",
+    "check_model_folder",
     "convert_gguf",
     "find_default_gguf",
     "load_causal_lm",
@@ -298,13 +300,43 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None) -> Path:
     )
 
 
+_WEIGHTS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+_TOKENIZER = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def check_model_folder(path: Path, trust_remote_code: bool = False) -> None:
+    """What can be checked of a model folder without loading it; raises `ModelLoadError`
+    naming the folder: ``config.json`` is a JSON object, weights and tokenizer files exist, and
+    code from the folder (``auto_map``) is only used with ``trust_remote_code``."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{path}/config.json: not readable JSON ({_one_line(err)})") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path}/config.json: expected a JSON object")
+    if config.get("auto_map") and not trust_remote_code:
+        raise ModelLoadError(
+            f"{path}: its config.json asks for model code from the folder (auto_map); pass "
+            "--trust-remote-code (trust_remote_code=True) if you trust that code"
+        )
+    if not any(next(path.glob(pattern), None) for pattern in _WEIGHTS):
+        raise ModelLoadError(f"{path}: no weights (*.safetensors or *.bin) in the folder")
+    if not any((path / name).is_file() for name in _TOKENIZER):
+        raise ModelLoadError(f"{path}: no tokenizer files (tokenizer.json, tokenizer_config.json)")
+
+
 def load_tokenizer(path: Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """Load a tokenizer; give it a pad token (the eos token) if it has none; pad on the right."""
+    """Load a tokenizer; give it a pad token (the eos token) if it has none; pad on the right.
+
+    A folder the tokenizer cannot be read from raises `ModelLoadError` naming it."""
     from transformers import AutoTokenizer
 
-    tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(
-        str(path), trust_remote_code=trust_remote_code
-    )
+    try:
+        tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(
+            str(path), trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ModelLoadError(f"{path}: cannot load the tokenizer ({_one_line(err)})") from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ModelLoadError(f"tokenizer in {path} has neither a pad nor an eos token")
@@ -326,7 +358,10 @@ def load_causal_lm(
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    try:
+        model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise ModelLoadError(f"{path}: cannot load the model ({_one_line(err)})") from None
     if device is not None:
         import torch
 

@@ -19,10 +19,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from tidpo.data import bundled_dataset
+from tidpo.fileio import check_output_path
 from tidpo.training.config import TIDPOConfig
 from tidpo.training.runfolder import (
-    clear_run,
-    forget_after,
+    RunFolderCallback,
+    check_checkpoint,
     last_complete_checkpoint,
     save_model,
     tensorboard_dir,
@@ -53,15 +54,21 @@ def check_run(opts: RunOptions) -> tuple[Path, TIDPOConfig, Path, Path]:
     Returns ``(output_dir, config, model_path, data_path)``; raises a `TidpoError` naming the
     problem. A ``.gguf`` model is converted here (once), so launched processes find it ready.
     """
-    from tidpo.training.models import resolve_model
+    from tidpo.training.models import check_model_folder, resolve_model
 
     out = opts.output_path()
+    check_output_path(out, "--output-dir")
     if (out / "config.yaml").exists() and not (opts.resume or opts.overwrite):
         raise RunError(f"{out}: already holds a run (use --resume, --overwrite or another name)")
     cfg = build_config(opts, out)
     with cfg.main_process_first(desc="model conversion"):  # one process converts a .gguf
         model_path = resolve_model(opts.model)
+    check_model_folder(model_path, opts.trust_remote_code)
+    if cfg.ref_model:
+        check_model_folder(resolve_model(cfg.ref_model), opts.trust_remote_code)
     data_path = Path(opts.dataset) if opts.dataset else bundled_dataset("train")
+    if not data_path.exists():
+        raise RunError(f"{data_path}: file not found")
     return out, cfg, model_path, data_path
 
 
@@ -118,18 +125,18 @@ def run_training(
                                    processing_class=tokenizer, ref_model=ref)  # fmt: skip
     except DataError as err:
         raise DataError(f"{data_path}: {err}") from None
-    # Every process has checked the folder above; only now may the main process write into it.
-    trainer.accelerator.wait_for_everyone()
     checkpoint = last_complete_checkpoint(out) if opts.resume else None
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_config(out / "config.yaml", cfg, opts, model_path, data_path)
-        if opts.overwrite and not opts.resume:
-            clear_run(out)  # an old checkpoint must never be resumed into the new run
-        if opts.resume:
-            forget_after(out, checkpoint)
-            say(f"resuming from {escape(str(checkpoint))}" if checkpoint else
-                "no complete checkpoint to resume from: training from the start")  # fmt: skip
+    if checkpoint is not None:
+        check_checkpoint(checkpoint)  # a truncated file: one line now, not a traceback later
+    if opts.resume:
+        say(f"resuming from {escape(str(checkpoint))}" if checkpoint else
+            "no complete checkpoint to resume from: training from the start")  # fmt: skip
+    # The folder becomes a run when training begins (after a checkpoint has loaded): a start
+    # that fails leaves no config.yaml, and a failed --resume changes nothing.
+    start = RunFolderCallback(out, checkpoint, opts.resume, opts.overwrite, main,
+                              lambda: write_config(out / "config.yaml", cfg, opts, model_path,
+                                                   data_path))  # fmt: skip
+    trainer.callback_handler.callbacks.insert(0, start)  # before tensorboard opens its file
     if main and hooks is not None and hooks.before is not None:
         hooks.before(model, tokenizer)
     trainer.accelerator.wait_for_everyone()

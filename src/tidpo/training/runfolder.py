@@ -13,18 +13,21 @@ import errno
 import json
 import os
 import shutil
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers import TrainerCallback
 
 from tidpo.fileio import write_text_atomic
 from tidpo.training.config import TIDPOConfig
 from tidpo.training.settings import RunError, RunOptions
 
-__all__ = ["clear_run", "forget_after", "last_complete_checkpoint", "save_model",
-           "tensorboard_dir", "write_config", "write_errors", "write_failure"]  # fmt: skip
+__all__ = ["RunFolderCallback", "check_checkpoint", "clear_run", "forget_after",
+           "last_complete_checkpoint", "save_model", "tensorboard_dir", "write_config",
+           "write_errors", "write_failure"]  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -184,3 +187,49 @@ def save_model(model: Any, tokenizer: Any, path: Path, state_dict: Any = None) -
             "(free some space, then run the same command with --resume)"
         ) from err
     shutil.rmtree(old, ignore_errors=True)
+
+
+def check_checkpoint(folder: Path) -> None:
+    """Check that a checkpoint's files can be read (safetensors headers, ``torch.save`` zip
+    archives, ``trainer_state.json``) before resuming from it; raises `RunError` naming the
+    file, instead of a traceback from deep inside the Trainer."""
+    from safetensors import safe_open
+
+    for path in sorted(folder.iterdir()):
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt"):
+                    pass  # the header must cover the whole file: a truncated one fails here
+            elif path.suffix in (".pt", ".pth", ".bin"):
+                with zipfile.ZipFile(path) as archive:
+                    bad = archive.testzip()
+                if bad is not None:
+                    raise OSError(f"corrupt member {bad}")
+            elif path.name == "trainer_state.json":
+                json.loads(path.read_text(encoding="utf-8"))
+        except Exception as err:  # safetensors, zipfile and json each fail in their own way
+            raise RunError(
+                f"{path}: the checkpoint cannot be read ({' '.join(str(err).split())[:160]}); "
+                "delete this checkpoint folder to resume from an earlier one"
+            ) from None
+
+
+class RunFolderCallback(TrainerCallback):
+    """Makes the folder a run when training begins (after any checkpoint has loaded), on the
+    main process: clears a previous run (``--overwrite``), drops what was logged after the
+    checkpoint (``--resume``), then writes ``config.yaml``."""
+
+    def __init__(self, out: Path, checkpoint: Path | None, resume: bool, overwrite: bool,
+                 main: bool, write: Callable[[], None]) -> None:  # fmt: skip
+        self.out, self.checkpoint, self.resume, self.overwrite = out, checkpoint, resume, overwrite
+        self.main, self.write = main, write
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if not self.main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.overwrite and not self.resume:
+            clear_run(self.out)  # an old checkpoint must never be resumed into the new run
+        if self.resume:
+            forget_after(self.out, self.checkpoint)
+        self.write()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ import yaml
 
 from tidpo.errors import TidpoError
 from tidpo.training.config import TIDPOConfig, merge_values
+from tidpo.training.values import as_number, type_problem
 
 __all__ = ["DEFAULTS", "RUN_KEYS", "RunError", "RunOptions", "build_config", "check_value",
            "load_yaml_config", "parse_set", "resolve_options"]  # fmt: skip
@@ -106,6 +106,8 @@ def load_yaml_config(path: Path) -> dict[str, Any]:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
     except FileNotFoundError:
         raise RunError(f"{path}: config file not found") from None
+    except RunError as err:  # a key given twice
+        raise RunError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -128,56 +130,19 @@ def _field_types() -> dict[str, Any]:
     return {**{k: hints[k] for k in _config_fields()}, **{k: run[k] for k in RUN_KEYS}}
 
 
-_KINDS: dict[Any, str] = {bool: "true or false", int: "an integer", float: "a number",
-                          str: "text", type(None): "null"}  # fmt: skip
-
-
-def _accepts(hint: Any, value: Any) -> bool | None:
-    """Whether ``value`` fits the type ``hint``; None when tidpo cannot tell (enums, lists...)."""
-    if hint is Any:
-        return True
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        answers = [_accepts(arg, value) for arg in typing.get_args(hint)]
-        return True if True in answers else (None if None in answers else False)
-    if hint is bool or hint is str or hint is type(None):
-        return isinstance(value, hint)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return None
-
-
-def _as_number(hint: Any, value: Any) -> Any:
-    """``value`` read as a number when it is text such as ``2e-5`` and the field takes a number.
-
-    YAML 1.1 (PyYAML) reads ``2e-5`` (no dot) as text, where users mean a number.
-    """
-    if not isinstance(value, str) or _accepts(hint, 1.5) is not True or _accepts(hint, value):
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        return value
-
-
 def check_value(key: str, value: Any) -> Any:
-    """``value`` checked for the config field ``key`` (and read as a number where text such as
-    ``2e-5`` stands for one); raises `RunError` naming ``key`` when it is no config field or
-    ``value`` has the wrong type.
-
-    Types come from the field annotations (a number field takes a number, a flag true or false,
-    a text field text); values of other types (enums, lists) are left to `TIDPOConfig`.
+    """``value`` checked for the config field or run key ``key`` (and read as a number where
+    text such as ``2e-5`` stands for one); raises `RunError` naming ``key`` when it is no field
+    or ``value`` has the wrong type or is not finite (`tidpo.training.values.type_problem`);
+    values of other types (enums, lists) are left to `TIDPOConfig`.
     """
     hints = _field_types()
     if key not in hints:
         raise RunError(f"unknown config key {key!r}")
-    hint = hints[key]
-    value = _as_number(hint, value)
-    if _accepts(hint, value) is False:
-        args = typing.get_args(hint) or (hint,)
-        kind = " or ".join(_KINDS[a] for a in args if a in _KINDS)
-        raise RunError(f"{key}: must be {kind}; got {value!r}")
+    value = as_number(hints[key], value)
+    problem = type_problem(key, hints[key], value)
+    if problem:
+        raise RunError(problem)
     return value
 
 
