@@ -17,14 +17,13 @@ from browser import image_stats, screenshot
 from tidpo.analysis.explain import (
     explain_pair,
     generate_anchor,
-    merge_tokens,
     scale_weights,
     top_words,
     write_explain,
 )
 from tidpo.analysis.explain_render import COLOUR_STOPS, colour, render_html
 from tidpo.cli.explain import explain_command
-from tidpo.data import bundled_dataset
+from tidpo.data import bundled_dataset, merge_tokens
 from tidpo.training.config import AnchorSampling
 
 PROMPT = "I have a headache, what should I do?"

@@ -35,6 +35,7 @@ from tidpo.functional import (
     ipo_loss,
     per_token_logps,
     robust_loss,
+    sft_loss,
     uniform_weights,
     weighted_dpo_loss,
 )
@@ -113,7 +114,12 @@ def _reference_model(tokenizer: Any, bos_token_id: int) -> Any:
 
 
 def _trainer(
-    model_dir: Path, tmp_path: Path, fmt: str, loss_type: str, label_smoothing: float = 0.0
+    model_dir: Path,
+    tmp_path: Path,
+    fmt: str,
+    loss_type: str | list[str],
+    label_smoothing: float = 0.0,
+    loss_weights: list[float] | None = None,
 ) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -129,7 +135,8 @@ def _trainer(
         activation_checkpointing=False,  # transformers 5 name; TRL defaults it on
         report_to="none",
         beta=BETA,
-        loss_type=[loss_type],
+        loss_type=[loss_type] if isinstance(loss_type, str) else loss_type,
+        loss_weights=loss_weights,
         label_smoothing=label_smoothing,
         precompute_ref_log_probs=False,
         per_device_train_batch_size=N_PAIRS,
@@ -398,3 +405,26 @@ def test_baseline_losses_match_trl(tiny_model_dir: Path, tmp_path: Path, loss_ty
     diff, scale = _compare_grads(trl_grads, _grads(policy))
     assert scale > 1e-4
     assert diff < TOL
+
+
+def test_dpo_plus_sft_matches_trl_loss_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """TRL's ``loss_type=["sigmoid", "sft"]``, ``loss_weights=[1, 0.5]`` == tidpo's DPO term plus
+    ``0.5 * sft_loss`` (what a TRL config's loss_type becomes: loss=dpo, sft_weight=0.5)."""
+    trainer = _trainer(tiny_model_dir, tmp_path, "standard", ["sigmoid", "sft"],
+                       loss_weights=[1.0, 0.5])  # fmt: skip
+    policy = trainer.model
+    batch = _first_batch(trainer)
+    policy.zero_grad(set_to_none=True)
+    trl_loss = trainer.compute_loss(policy, batch)
+    trl_loss.backward()
+    trl_grads = _grads(policy)
+    policy.zero_grad(set_to_none=True)
+
+    t = _tidpo_run(policy, trainer.ref_model, batch)
+    sft = sft_loss(t["logps"][:N_PAIRS], t["chosen_mask"])
+    loss = dpo_loss(*_logratios(t), beta=BETA).mean() + 0.5 * sft
+    assert sft.item() > 1.0  # a random model: the NLL term is large and live
+    assert _diff("dpo+sft", loss.item(), trl_loss.item()) < TOL
+    loss.backward()
+    diff, scale = _compare_grads(trl_grads, _grads(policy))
+    assert scale > 1e-4 and diff < TOL

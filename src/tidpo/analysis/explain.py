@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tidpo.data import eos_token_ids, pad_token_id, prompt_ids, right_pad
+from tidpo.data import eos_token_ids, merge_tokens, pad_token_id, prompt_ids, right_pad
 from tidpo.errors import TidpoError
 from tidpo.fileio import write_atomic, write_json_atomic, write_text_atomic
 from tidpo.training.config import AnchorSampling
@@ -52,10 +52,6 @@ PANEL_TITLES: dict[str, str] = {
 """Panel key -> heading, in display order (the paper calls the anchor panel "Intermediate")."""
 
 
-_WORD_MARKERS = ("Ġ", "Ċ", "ĉ", "▁")
-"""Token-piece prefixes that mean "starts with whitespace" (byte-level BPE and SentencePiece)."""
-
-
 class ExplainError(TidpoError):
     """`tidpo explain` cannot run (missing pair, bad index, empty response, ...)."""
 
@@ -63,49 +59,6 @@ class ExplainError(TidpoError):
 def _g(x: float) -> float:
     """Round to 6 significant digits for a tidy JSON file."""
     return float(f"{float(x):.6g}")
-
-
-def _starts_with_space(text: str, piece: str | None) -> bool:
-    if text[:1].isspace():
-        return True
-    return piece is not None and piece.startswith(_WORD_MARKERS)
-
-
-def merge_tokens(
-    texts: Sequence[str],
-    pieces: Sequence[str] | None = None,
-    hidden: Sequence[bool] | None = None,
-) -> list[list[int]]:
-    """Group token positions into words (GPT-2 style byte-level BPE rule).
-
-    A token whose text (or piece: ``Ġ`` space, ``Ċ`` newline, ``▁`` SentencePiece space) starts
-    with whitespace starts a new word, unless the word being built holds only whitespace so far
-    (so ``"\\n", "\\n", "If"`` is one word ``"\\n\\nIf"``). Punctuation stays attached to the word
-    before it. Hidden tokens (special tokens such as ``<|im_end|>``) belong to no word.
-
-    Args:
-        texts: each token decoded on its own.
-        pieces: the tokens' vocabulary pieces (``convert_ids_to_tokens``), if available.
-        hidden: True for tokens to leave out.
-
-    Returns:
-        the words as lists of token positions, in order.
-    """
-    words: list[list[int]] = []
-    current: list[int] = []
-    current_has_text = False
-    for i, text in enumerate(texts):
-        if hidden is not None and hidden[i]:
-            continue
-        piece = pieces[i] if pieces is not None else None
-        if current and current_has_text and _starts_with_space(text, piece):
-            words.append(current)
-            current, current_has_text = [], False
-        current.append(i)
-        current_has_text = current_has_text or bool(text.strip())
-    if current:
-        words.append(current)
-    return words
 
 
 def scale_weights(values: Sequence[float]) -> list[float]:

@@ -136,6 +136,8 @@ def train_command(
                              f"num_train_epochs=N); got {max_steps}")  # fmt: skip
         opts = resolve_options(config, set_ or [], flags)
         where["opts"] = opts
+        for note in opts.notes:
+            console.print(note, highlight=False, markup=False, soft_wrap=True)
         if num_processes is not None and num_processes < 1:
             raise TidpoError(f"--num-processes: must be >= 1; got {num_processes}")
         if dry_run:

@@ -10,8 +10,11 @@ from tidpo.data.collate import PreferenceCollator, left_pad, response_aligned, r
 from tidpo.data.load import DataError, bundled_dataset, load_preferences
 from tidpo.data.tokenize import (
     eos_token_ids,
+    merge_tokens,
     pad_token_id,
     prompt_ids,
+    response_words,
+    token_weights_of,
     tokenize_dataset,
     tokenize_row,
 )
@@ -23,10 +26,13 @@ __all__ = [
     "eos_token_ids",
     "left_pad",
     "load_preferences",
+    "merge_tokens",
     "pad_token_id",
     "prompt_ids",
     "response_aligned",
+    "response_words",
     "right_pad",
+    "token_weights_of",
     "tokenize_dataset",
     "tokenize_row",
 ]

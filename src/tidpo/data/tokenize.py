@@ -18,7 +18,8 @@ from tidpo.data.load import DataError, Message, dataset_of
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["eos_token_ids", "pad_token_id", "prompt_ids", "tokenize_dataset", "tokenize_row"]
+__all__ = ["eos_token_ids", "merge_tokens", "pad_token_id", "prompt_ids", "response_words",
+           "token_weights_of", "tokenize_dataset", "tokenize_row"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -201,3 +202,80 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase, model: Any = None) -> int:
     if not eos:
         raise DataError("the tokenizer has neither a pad nor an end-of-sequence token")
     return eos[0]
+
+
+_WORD_MARKERS = ("Ġ", "Ċ", "ĉ", "▁")
+"""Token-piece prefixes that mean "starts with whitespace" (byte-level BPE and SentencePiece)."""
+
+
+def _starts_with_space(text: str, piece: str | None) -> bool:
+    if text[:1].isspace():
+        return True
+    return piece is not None and piece.startswith(_WORD_MARKERS)
+
+
+def merge_tokens(
+    texts: Sequence[str],
+    pieces: Sequence[str] | None = None,
+    hidden: Sequence[bool] | None = None,
+) -> list[list[int]]:
+    """Group token positions into words (GPT-2 style byte-level BPE rule).
+
+    A token whose text (or piece: ``Ġ`` space, ``Ċ`` newline, ``▁`` SentencePiece space) starts
+    with whitespace starts a new word, unless the word being built holds only whitespace so far
+    (so ``"\\n", "\\n", "If"`` is one word ``"\\n\\nIf"``). Punctuation stays attached to the word
+    before it. Hidden tokens (special tokens such as ``<|im_end|>``) belong to no word.
+
+    Args:
+        texts: each token decoded on its own.
+        pieces: the tokens' vocabulary pieces (``convert_ids_to_tokens``), if available.
+        hidden: True for tokens to leave out.
+
+    Returns:
+        the words as lists of token positions, in order.
+    """
+    words: list[list[int]] = []
+    current: list[int] = []
+    current_has_text = False
+    for i, text in enumerate(texts):
+        if hidden is not None and hidden[i]:
+            continue
+        piece = pieces[i] if pieces is not None else None
+        if current and current_has_text and _starts_with_space(text, piece):
+            words.append(current)
+            current, current_has_text = [], False
+        current.append(i)
+        current_has_text = current_has_text or bool(text.strip())
+    if current:
+        words.append(current)
+    return words
+
+
+def response_words(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> list[list[int]]:
+    """The words of a response as lists of its token positions (`merge_tokens`; special tokens
+    such as the end-of-turn token belong to no word)."""
+    special = set(tokenizer.all_special_ids)
+    texts = [str(tokenizer.decode([i], skip_special_tokens=False)) for i in ids]
+    pieces = [str(p) for p in tokenizer.convert_ids_to_tokens(list(ids))]
+    return merge_tokens(texts, pieces, [i in special for i in ids])
+
+
+def token_weights_of(
+    values: Sequence[float], tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], field: str
+) -> list[float]:
+    """Per-token weights of a response from a data column: one number per response token (after
+    the chat template, end-of-turn token included), or one per word (`response_words`; then each
+    token takes its word's weight and tokens of no word the mean of the given weights)."""
+    values = [float(v) for v in values]
+    if len(values) == len(ids):
+        return values
+    words = response_words(tokenizer, ids)
+    if len(values) != len(words):
+        raise DataError(f'"{field}" has {len(values)} numbers; the response has {len(ids)} '
+                        f"tokens and {len(words)} words")  # fmt: skip
+    mean = sum(values) / len(values)
+    out = [mean] * len(ids)
+    for value, positions in zip(values, words, strict=True):
+        for p in positions:
+            out[p] = value
+    return out

@@ -17,6 +17,7 @@ from tidpo.functional.baselines import (
     hinge_loss,
     ipo_loss,
     robust_loss,
+    sft_loss,
     simpo_loss,
     tdpo_loss,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "response_logprob",
     "robust_loss",
     "sequential_kl",
+    "sft_loss",
     "simpo_loss",
     "softmax_prior_weights",
     "span_positions",

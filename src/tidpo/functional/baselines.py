@@ -17,6 +17,7 @@ __all__ = [
     "hinge_loss",
     "ipo_loss",
     "robust_loss",
+    "sft_loss",
     "simpo_loss",
     "tdpo_loss",
 ]
@@ -104,3 +105,14 @@ def tdpo_loss(
     else:
         raise ValueError(f"TDPO version must be 1 or 2, got {version}")
     return -F.logsigmoid(beta * (h - delta))
+
+
+def sft_loss(chosen_logps: Tensor, chosen_mask: Tensor) -> Tensor:
+    """Negative log-likelihood of the chosen responses, the mean over their tokens (a scalar).
+
+    TRL's ``"sft"`` loss type, the regulariser most often added to DPO (RPO, MPO):
+    ``L_sft = -(1 / N) sum_{t in y_w} log pi_theta(y_t | x, y_<t)`` with ``N`` the number of
+    chosen response tokens in the batch. ``chosen_logps`` are per-token log-probs (0 off the mask).
+    """
+    mask = chosen_mask.to(chosen_logps.dtype)
+    return -(chosen_logps * mask).sum() / mask.sum().clamp(min=1.0)

@@ -110,6 +110,10 @@ class TIDPOConfig(TrainingArguments):
         default="max_logit",
         metadata={"help": "max_logit (Eq. 5, paper) | response_logprob."},
     )
+    sft_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of an NLL term on the chosen responses (TRL's 'sft' loss)."},
+    )
     triplet_distance: str = field(
         default="sum", metadata={"help": "sum (Eq. 13, paper) | mean (per aligned token)."}
     )
@@ -209,6 +213,7 @@ class TIDPOConfig(TrainingArguments):
                self.importance_lambda)  # fmt: skip
         _check("sigma_div", self.sigma_div > 0, "> 0", self.sigma_div)
         _check("gamma", self.gamma >= 0, ">= 0", self.gamma)
+        _check("sft_weight", self.sft_weight >= 0, ">= 0", self.sft_weight)
         _check("triplet_margin", self.triplet_margin >= 0, ">= 0", self.triplet_margin)
         _check("tdpo_alpha", self.tdpo_alpha >= 0, ">= 0", self.tdpo_alpha)
         _check("label_smoothing", 0 <= self.label_smoothing < 0.5, "in [0, 0.5)",
@@ -222,6 +227,9 @@ class TIDPOConfig(TrainingArguments):
         _check("anchor_refresh_steps", self.anchor_refresh_steps >= 1, ">= 1",
                self.anchor_refresh_steps)  # fmt: skip
         _check("max_length", self.max_length >= 2, ">= 2", self.max_length)
+        _check("remove_unused_columns", not self.remove_unused_columns,
+               "false (tidpo's collator needs its data columns)",
+               self.remove_unused_columns)  # fmt: skip
         if self.precompute_ref and self.needs_full_logits:
             why = "loss 'tdpo'" if self.loss == "tdpo" else f"tdpo_alpha={self.tdpo_alpha}"
             raise ConfigError(

@@ -216,6 +216,11 @@ def step_loss(
         loss, rew_c, rew_r = _baseline(cfg, ratios, pol, resp, sums, t.policy_seq_kl, b)
         metrics["loss/dpo_w"] = _f(loss)
     out["losses"] = loss.detach()
+    total = loss.mean()
+    if cfg.sft_weight > 0:  # TRL's "sft" term: token-mean NLL of the chosen responses
+        sft = F.sft_loss(pol[c], resp[c])
+        total = total + cfg.sft_weight * sft
+        metrics["loss/sft"] = _f(sft)
     if details is not None:
         details.update(out)
     lengths = resp.sum(-1).clamp(min=1)
@@ -229,7 +234,7 @@ def step_loss(
         "logps/rejected": _f(seq_logps[r]),
         "logps/chosen_per_token": _f(seq_logps[c] / lengths[c]),
     })  # fmt: skip
-    return loss.mean(), metrics
+    return total, metrics
 
 
 def _baseline(

@@ -23,6 +23,7 @@ import yaml
 
 from tidpo.errors import TidpoError
 from tidpo.training.config import TIDPOConfig, merge_values
+from tidpo.training.trl_compat import TRL_KEYS, translate_trl
 from tidpo.training.values import as_number, type_problem
 
 __all__ = ["DEFAULTS", "RUN_KEYS", "RunError", "RunOptions", "build_config", "check_value",
@@ -68,6 +69,8 @@ class RunOptions:
     eval_dataset: str | None = None
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     """`TIDPOConfig` fields (and so any ``TrainingArguments`` option) set by the user."""
+    notes: list[str] = dataclasses.field(default_factory=list)
+    """What merging the settings changed or ignored (a TRL config's fields), one line each."""
 
     def output_path(self) -> Path:
         """``output_dir``, else ``runs/<name>`` (a time-stamped name when none is given)."""
@@ -76,7 +79,7 @@ class RunOptions:
         return Path("runs") / (self.name or time.strftime("tidpo-%Y%m%d-%H%M%S"))
 
 
-RUN_KEYS = frozenset(f.name for f in dataclasses.fields(RunOptions)) - {"config"}
+RUN_KEYS = frozenset(f.name for f in dataclasses.fields(RunOptions)) - {"config", "notes"}
 """Keys of a YAML config (and flags) that are no `TIDPOConfig` field: where model and data come
 from, the run folder, LoRA, resume and the report."""
 
@@ -99,9 +102,11 @@ def _config_fields() -> set[str]:
     return {f.name for f in dataclasses.fields(TIDPOConfig)}
 
 
-def load_yaml_config(path: Path) -> dict[str, Any]:
+def load_yaml_config(path: Path, notes: list[str] | None = None) -> dict[str, Any]:
     """Read ``--config FILE.yaml``: `TIDPOConfig` fields plus the run keys (`RUN_KEYS`), each
-    checked (`check_value`); a key given twice is an error, not "the last one wins"."""
+    checked (`check_value`); a key given twice is an error, not "the last one wins". A TRL
+    `DPOConfig` file is translated first (`tidpo.training.trl_compat`; its notes are appended to
+    ``notes``)."""
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
     except FileNotFoundError:
@@ -115,6 +120,13 @@ def load_yaml_config(path: Path) -> dict[str, Any]:
         raise RunError(f"{where}: invalid YAML ({problem})") from None
     if not isinstance(data, dict):
         raise RunError(f"{path}: expected a mapping of option: value")
+    if TRL_KEYS & set(data):
+        try:
+            data, trl_notes = translate_trl(data)
+        except TidpoError as err:
+            raise RunError(f"{path}: {err}") from None
+        if notes is not None:
+            notes += [f"{path}: {note}" for note in trl_notes]
     for key, value in data.items():
         try:
             data[key] = check_value(str(key), value)
@@ -167,7 +179,8 @@ def resolve_options(
     """The one place a run's settings are merged: the YAML file, then ``--set FIELD=VALUE``, then
     the command's flags (those given: not None). Run keys (`RUN_KEYS`: model, dataset,
     ``resume``, ...) become `RunOptions` fields, everything else its ``config``."""
-    values: dict[str, Any] = load_yaml_config(config_file) if config_file else {}
+    notes: list[str] = []
+    values: dict[str, Any] = load_yaml_config(config_file, notes) if config_file else {}
     for item in sets:
         key, value = parse_set(item)
         values[key] = value
@@ -175,7 +188,7 @@ def resolve_options(
         if value is not None:
             values[key] = check_value(key, value)
     run = {key: values.pop(key) for key in list(values) if key in RUN_KEYS}
-    return RunOptions(**run, config=values)
+    return RunOptions(**run, config=values, notes=notes)
 
 
 def build_config(opts: RunOptions, output_dir: Path) -> TIDPOConfig:
