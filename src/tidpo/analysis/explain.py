@@ -196,6 +196,7 @@ def explain_pair(
     *,
     anchor_source: str = "given",
     weights: WeightSettings | None = None,
+    given: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     """Token and word importance of the chosen, anchor and rejected responses to ``prompt``.
 
@@ -217,6 +218,10 @@ def explain_pair(
         weights: how training weighs tokens (`tidpo.training.objective.WeightSettings`: weighting,
             special tokens, cap, attribution target); default: the paper's hybrid weights with
             ``lam`` and ``sigma_div``. Its lambda and sigma_div replace ``lam`` and ``sigma_div``.
+        given: the data's own weights (``{"chosen": [...], "rejected": [...]}``, the
+            ``chosen_weights`` / ``rejected_weights`` columns of ``weighting="column"``, per token
+            or per word): they replace the hybrid weights of those panels (``weights_from``
+            says which).
 
     Returns:
         ``{"prompt", "settings", "panels": [...]}``; each panel holds ``tokens`` (id, text, raw
@@ -225,7 +230,7 @@ def explain_pair(
         (hybrid weight of the special tokens left out of the display, e.g. ``<|im_end|>``) and
         ``top_k``.
     """
-    from tidpo.data import DataError, tokenize_row
+    from tidpo.data import DataError, token_weights_of, tokenize_row
     from tidpo.functional import gaussian_prior, gradient_attribution
     from tidpo.training.objective import token_weights
 
@@ -261,7 +266,15 @@ def explain_pair(
             name: values[row_i, start:stop].tolist()
             for name, values in (("attribution", raw), ("prior", prior), ("hybrid", hybrid))
         }
+        from_data = given is not None and given.get(key) is not None
+        if from_data:
+            assert given is not None
+            try:
+                scores["hybrid"] = token_weights_of(given[key], tokenizer, resp, f"{key}_weights")
+            except DataError as err:
+                raise ExplainError(str(err)) from None
         panels.append(_panel(key, str(texts[key]), resp, scores, tokenizer, top_k))
+        panels[-1]["weights_from"] = f"data ({key}_weights)" if from_data else "hybrid"
         if key == "anchor":
             panels[-1]["source"] = anchor_source
     return {
@@ -296,10 +309,12 @@ def load_pair(dataset: str | Path, index: int) -> dict[str, Any]:
     if not 0 <= index < len(ds):
         raise ExplainError(f"--index {index} is out of range: {path} has {len(ds)} rows")
     row: dict[str, Any] = ds[index]
+    given = {k: row[f"{k}_weights"] for k in ("chosen", "rejected") if row.get(f"{k}_weights")}
     return {
         "prompt": row["prompt"],
         "chosen": row["chosen"],
         "rejected": row["rejected"],
+        "weights": given,
         "id": row.get("id"),
         "source": str(path),
         "index": index,

@@ -83,12 +83,17 @@ def colour(value: float) -> str:
     return COLOUR_STOPS[-1][1]
 
 
+def _kind(panel: Mapping[str, Any]) -> str:
+    """What the panel's weights are: ``hybrid`` (computed) or ``data`` (the row's column)."""
+    return "data" if str(panel.get("weights_from", "hybrid")).startswith("data") else "hybrid"
+
+
 def _tooltip(panel: Mapping[str, Any], word: Mapping[str, Any]) -> str:
     tokens = panel["tokens"]
     pieces = " ".join(repr(tokens[i]["text"]) for i in word["tokens"])
     return (
         f"scaled weight {word['scaled']:.3f}\n"
-        f"hybrid weight {word['weight']:.4g}\n"
+        f"{_kind(panel)} weight {word['weight']:.4g}\n"
         f"raw attribution {word['attribution']:.4g}\n"
         f"Gaussian prior {word['prior']:.4g}\n"
         f"tokens: {pieces}"
@@ -108,7 +113,9 @@ def _note(panel: Mapping[str, Any]) -> str:
     if panel["key"] == "anchor":
         origin = "sampled from the model" if panel.get("source") == "generated" else "given text"
         return f"intermediate response, {origin}"
-    return "chosen response" if panel["key"] == "chosen" else "rejected response"
+    what = "chosen response" if panel["key"] == "chosen" else "rejected response"
+    return what + (f", weights from the data: {panel['weights_from']}" if _kind(panel) == "data"
+                   else "")  # fmt: skip
 
 
 def _hidden_note(panel: Mapping[str, Any]) -> str:
@@ -147,8 +154,8 @@ def panel_html(panel: Mapping[str, Any], top_k: int | None = None) -> str:
         )
     table = (
         '<table class="tx-top"><caption>Top words</caption>'
-        '<tr><td></td><td class="num"><i>scaled</i></td><td class="num"><i>hybrid</i></td>'
-        f"<td></td></tr>{''.join(rows)}</table>"
+        '<tr><td></td><td class="num"><i>scaled</i></td>'
+        f'<td class="num"><i>{_kind(panel)}</i></td><td></td></tr>{"".join(rows)}</table>'
     )
     return (
         f'<section class="panel" data-key="{html.escape(panel["key"])}">'

@@ -1,7 +1,7 @@
 """The `tidpo` command line (typer + rich): one module per command, one error boundary.
 
-Commands: ``train`` (`tidpo.cli.train`), ``explain``, ``eval``, ``experiment``, ``bench`` and
-``version``. Each is a thin layer over a library function and runs inside
+Commands: ``train`` (`tidpo.cli.train`), ``explain``, ``eval``, ``weights``, ``experiment``,
+``bench`` and ``version``. Each is a thin layer over a library function and runs inside
 `tidpo.cli.boundary.boundary` (one ``error:`` line on stderr and exit 2 for bad input; exit 1
 for an internal error; 130 for Ctrl-C). The top layer: may import every package of tidpo.
 """
@@ -17,6 +17,7 @@ from tidpo.cli.eval import eval_command
 from tidpo.cli.experiment import experiment_command
 from tidpo.cli.explain import explain_command
 from tidpo.cli.train import train_command
+from tidpo.cli.weights import weights_command
 
 __all__ = ["app", "main"]
 
@@ -42,6 +43,7 @@ app.command("explain")(explain_command)
 app.command("eval")(eval_command)
 app.command("experiment")(experiment_command)
 app.command("bench")(bench_command)
+app.command("weights")(weights_command)
 
 
 def main() -> None:

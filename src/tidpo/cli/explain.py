@@ -99,6 +99,7 @@ def run_explain(
             lm, tokenizer, source["prompt"], source["chosen"], source["rejected"], anchor_text,
             lam=lam, sigma_div=sigma_div, top_k=top_k,
             anchor_source="generated" if mode == "generate" else "given",
+            given=source.get("weights") or None,
         )  # fmt: skip
     label = "default" if model is None else model
     result["settings"].update(

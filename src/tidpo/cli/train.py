@@ -50,7 +50,9 @@ def _dry_run(opts: Any, console: Console) -> None:
 
     out, cfg, model_path, data_path = check_run(opts)
     tokenizer = load_tokenizer(model_path, trust_remote_code=opts.trust_remote_code)
-    ds, dropped = tokenize_dataset(load_preferences(data_path), tokenizer, cfg.max_length)
+    ds, dropped = tokenize_dataset(
+        load_preferences(data_path, columns=opts.columns), tokenizer, cfg.max_length
+    )
     console.print(f"dry run: settings, {model_path} and {data_path} ({len(ds)} rows, {dropped} "
                   f"dropped by max_length) are usable; nothing was written to {out}",
                   highlight=False, markup=False, soft_wrap=True)  # fmt: skip
@@ -76,11 +78,19 @@ def train_command(
     dataset: Annotated[
         str | None, typer.Option(help="JSONL/JSON/parquet/CSV file or save_to_disk folder.")
     ] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option(help="The dataset's column names: prompt=question,chosen=good,rejected=bad"),
+    ] = None,
     loss: Annotated[
         str | None, typer.Option(help="tidpo|dpo|cdpo|ipo|hinge|robust|simpo|tdpo")
     ] = None,
     weighting: Annotated[
-        str | None, typer.Option(help="hybrid|attribution|prior|uniform|random|softmax_prior")
+        str | None,
+        typer.Option(
+            help="hybrid|attribution|prior|uniform|random|softmax_prior|column "
+            "(chosen_weights/rejected_weights from the data)"
+        ),
     ] = None,
     preset: Annotated[str | None, typer.Option(help="paper (default) | released")] = None,
     precision: Annotated[
@@ -126,8 +136,9 @@ def train_command(
     console = Console()
     where: dict[str, Any] = {}
     with boundary(debug, lambda: _where_to_resume(where.get("opts"))):
-        flags = {"model": model, "dataset": dataset, "loss": loss, "weighting": weighting,
-                 "preset": preset, "precision": precision, "lora": lora, "max_steps": max_steps,
+        flags = {"model": model, "dataset": dataset, "columns": columns, "loss": loss,
+                 "weighting": weighting, "preset": preset, "precision": precision, "lora": lora,
+                 "max_steps": max_steps,
                  "output_dir": output_dir, "name": name, "resume": resume,
                  "overwrite": overwrite, "report": report,
                  "trust_remote_code": trust_remote_code or None}  # fmt: skip

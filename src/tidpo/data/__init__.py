@@ -7,6 +7,7 @@ prompt, pad and end-of-sequence token ids, the batch layout, and the bundled pre
 """
 
 from tidpo.data.collate import PreferenceCollator, left_pad, response_aligned, right_pad
+from tidpo.data.columns import WEIGHT_COLUMNS, parse_columns
 from tidpo.data.load import DataError, bundled_dataset, load_preferences
 from tidpo.data.tokenize import (
     eos_token_ids,
@@ -20,6 +21,7 @@ from tidpo.data.tokenize import (
 )
 
 __all__ = [
+    "WEIGHT_COLUMNS",
     "DataError",
     "PreferenceCollator",
     "bundled_dataset",
@@ -28,6 +30,7 @@ __all__ = [
     "load_preferences",
     "merge_tokens",
     "pad_token_id",
+    "parse_columns",
     "prompt_ids",
     "response_aligned",
     "response_words",

@@ -10,6 +10,9 @@ and optionally ``anchor_ids``, response token ids only) into tensors laid out as
     prompt_input_ids, prompt_attention_mask   [B, P]  left-padded prompts (batched generation)
     anchor_input_ids, anchor_attention_mask, anchor_response_mask  [B, La]
                              prompt+anchor, right-padded; only when every row has ``anchor_ids``
+    token_weights   [2B, L]  float32: each response token's weight from the data (0 on prompt and
+                             padding); only when every row has ``chosen_token_weights`` and
+                             ``rejected_token_weights`` (``weighting="column"``)
 
 :func:`response_aligned` left-aligns the response positions of each row, so that per-token values
 of different sequences (anchor, chosen, rejected) can be compared position by position.
@@ -30,6 +33,20 @@ def _ids(value: Any) -> list[int]:
     if isinstance(value, Tensor):
         return [int(x) for x in value.tolist()]
     return [int(x) for x in value]
+
+
+def _floats(value: Any) -> list[float]:
+    if isinstance(value, Tensor):
+        return [float(x) for x in value.tolist()]
+    return [float(x) for x in value]
+
+
+def _place(values: Sequence[list[float]], prompts: Sequence[list[int]], width: int) -> Tensor:
+    """Per-response-token values at their positions in right-padded prompt+response rows."""
+    out = torch.zeros((len(values), width), dtype=torch.float32)
+    for i, (row, prompt) in enumerate(zip(values, prompts, strict=True)):
+        out[i, len(prompt) : len(prompt) + len(row)] = torch.tensor(row, dtype=torch.float32)
+    return out
 
 
 def right_pad(
@@ -97,6 +114,10 @@ class PreferenceCollator:
         if all(f.get("dataset_id") is not None for f in features):
             ids = [int(f["dataset_id"]) for f in features]
             batch["dataset_id"] = torch.tensor(ids, dtype=torch.long)
+        keys = ("chosen_token_weights", "rejected_token_weights")
+        if all(f.get(k) is not None for f in features for k in keys):
+            given = [_floats(f[k]) for k in keys for f in features]
+            batch["token_weights"] = _place(given, prompts + prompts, input_ids.shape[1])
         if all(f.get("anchor_ids") is not None for f in features):
             anchors = [_ids(f["anchor_ids"]) for f in features]
             anchor_ids, anchor_mask, anchor_response = right_pad(

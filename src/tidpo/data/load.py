@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 from datasets import Dataset, DatasetDict, load_from_disk
 
-from tidpo.errors import TidpoError
+from tidpo.data.columns import (
+    WEIGHT_COLUMNS,
+    DataError,
+    check_weights,
+    parse_columns,
+    rename_row,
+)
 
 if TYPE_CHECKING:
     pass
@@ -51,10 +57,6 @@ _SUFFIXES = ".jsonl, .ndjson, .json, .parquet, .csv, or a datasets save_to_disk 
 def bundled_dataset(split: str = "train") -> Path:
     """Path of the preference set shipped inside the package (``train`` or ``test``)."""
     return Path(str(importlib.resources.files("tidpo.data") / "bundled" / f"{split}.jsonl"))
-
-
-class DataError(TidpoError):
-    """A preference file or row that cannot be used; the message is one line naming where."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,6 +302,10 @@ def _normalise(raw: Any, loc: str) -> dict[str, Any]:
     for key, value in raw.items():
         if key not in _CORE:
             row[key] = value
+    for field in WEIGHT_COLUMNS:  # per-token weights (weighting="column"): checked here
+        if raw.get(field) is not None:
+            row[field] = check_weights(raw[field], field, loc)
+            row["_source"] = loc  # so the length check at tokenization names file:line
     return row
 
 
@@ -320,7 +326,12 @@ def dataset_of(rows: list[dict[str, Any]], name: str) -> Dataset:
         raise DataError(f"{name}: cannot build a dataset: {str(err).splitlines()[0]}") from None
 
 
-def load_preferences(path: str | Path, *, skip_invalid: bool = False) -> Dataset:
+def load_preferences(
+    path: str | Path,
+    *,
+    skip_invalid: bool = False,
+    columns: str | Mapping[str, str] | None = None,
+) -> Dataset:
     """Load, validate and normalise a preference file (see the module docstring for formats).
 
     Returns a dataset with ``prompt`` (string or message list), ``chosen``, ``rejected`` (response
@@ -329,8 +340,14 @@ def load_preferences(path: str | Path, *, skip_invalid: bool = False) -> Dataset
     A row that fails validation (missing field, wrong type, empty or identical responses) raises
     :class:`DataError`; with ``skip_invalid=True`` such rows are dropped instead and one warning
     names how many and where (unreadable files, bad UTF-8 and malformed JSON always raise).
+
+    ``columns`` maps our fields to the file's column names (``{"prompt": "question"}`` or the
+    ``--columns`` text ``"prompt=question,chosen=good"``, `tidpo.data.columns.parse_columns`).
+    ``chosen_weights`` / ``rejected_weights``, when present, are checked here
+    (`tidpo.data.columns.check_weights`) and the row's ``file:line`` is kept as ``_source``.
     """
     name = str(path)
+    mapping = parse_columns(columns)
     records = _read_records(Path(path), name)
     if not records:
         raise DataError(f"{name}: empty dataset (no rows)")
@@ -339,7 +356,11 @@ def load_preferences(path: str | Path, *, skip_invalid: bool = False) -> Dataset
     skipped: list[str] = []
     for loc, raw in records:
         try:
-            rows.append(_normalise(raw, loc))
+            for ours in ("chosen", "rejected"):
+                theirs = mapping.get(ours)
+                if theirs and isinstance(raw, Mapping) and theirs not in raw:
+                    raise DataError(f'{loc}: missing column "{theirs}" (--columns {ours}={theirs})')
+            rows.append(_normalise(rename_row(raw, mapping), loc))
             kept.append(loc)
         except DataError as err:
             if not skip_invalid:

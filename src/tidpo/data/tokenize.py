@@ -101,7 +101,7 @@ def tokenize_row(
     tokenizer: PreTrainedTokenizerBase,
     max_length: int | None,
     max_prompt_length: int | None = None,
-) -> dict[str, list[int]] | None:
+) -> dict[str, Any] | None:
     """Token ids of one normalised row: ``prompt_ids`` and the RESPONSE ids of each answer.
 
     With a chat template, the prompt is rendered with ``add_generation_prompt=True`` and each
@@ -114,7 +114,8 @@ def tokenize_row(
     to the response); ``max_length`` then keeps the start of prompt+response (each response is cut
     to ``max_length - len(prompt_ids)``). Returns None when a response has no token left.
     Keys: ``prompt_ids``, ``chosen_ids``, ``rejected_ids``, and ``anchor_ids`` when there is an
-    anchor.
+    anchor; ``chosen_token_weights`` / ``rejected_token_weights`` (one float per response token,
+    `token_weights_of`) when the row has ``chosen_weights`` / ``rejected_weights``.
     """
     responses = {"chosen": row["chosen"], "rejected": row["rejected"]}
     if row.get("anchor") is not None:
@@ -123,15 +124,22 @@ def tokenize_row(
         prompt_ids, ids = _templated(row, tokenizer, responses)
     else:
         prompt_ids, ids = _plain(row, tokenizer, responses)
+    weights = {
+        key: token_weights_of(row[f"{key}_weights"], tokenizer, ids[key], f"{key}_weights")
+        for key in ("chosen", "rejected")
+        if row.get(f"{key}_weights") is not None
+    }  # from the full responses, then truncated with them
     if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
         prompt_ids = prompt_ids[len(prompt_ids) - max_prompt_length :]
     if max_length is not None:
         room = max(max_length - len(prompt_ids), 0)
         ids = {key: value[:room] for key, value in ids.items()}
+        weights = {key: value[:room] for key, value in weights.items()}
     if any(not value for value in ids.values()):
         return None
-    out = {"prompt_ids": prompt_ids}
+    out: dict[str, Any] = {"prompt_ids": prompt_ids}
     out.update({f"{key}_ids": value for key, value in ids.items()})
+    out.update({f"{key}_token_weights": value for key, value in weights.items()})
     return out
 
 
@@ -153,7 +161,7 @@ def tokenize_dataset(
         try:
             ids = tokenize_row(row, tokenizer, max_length, max_prompt_length)
         except DataError as err:
-            raise DataError(f"row {number}: {err}") from None
+            raise DataError(f"{row.get('_source') or f'row {number}'}: {err}") from None
         if ids is None:
             dropped += 1
         else:

@@ -28,6 +28,7 @@ CONFIGS = (
     "tidpo_refresh1",
     "tidpo_refresh4",
     "tidpo_precomputed",
+    "tidpo_precomputed_all",
 )
 TIDPO_KNOBS: dict[str, dict[str, Any]] = {
     "dpo": {"loss": "dpo"},
@@ -35,6 +36,12 @@ TIDPO_KNOBS: dict[str, dict[str, Any]] = {
     "tidpo_refresh1": {"loss": "tidpo", "anchor_refresh_steps": 1},
     "tidpo_refresh4": {"loss": "tidpo", "anchor_refresh_steps": 4},
     "tidpo_precomputed": {"loss": "tidpo", "anchor_source": "none", "precompute_ref": True},
+    "tidpo_precomputed_all": {
+        "loss": "tidpo",
+        "anchor_source": "none",
+        "precompute_ref": True,
+        "weighting": "column",
+    },
 }
 """TIDPOConfig fields of each tidpo configuration (``trl_dpo`` is TRL's own trainer)."""
 
@@ -102,6 +109,18 @@ def _model(path: Path, vocab_size: int | None) -> Any:
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
+def _with_weights(rows: list[dict[str, Any]], model: Any, tokenizer: Any) -> None:
+    """Add each row's hybrid token weights (`tidpo weights`'s, before any timing)."""
+    from tidpo.analysis.weights_file import pair_token_weights
+    from tidpo.training.objective import WeightSettings
+
+    for row in rows:
+        responses = [row["chosen_ids"], row["rejected_ids"]]
+        chosen, rejected = pair_token_weights(model, tokenizer, row["prompt_ids"], responses,
+                                              WeightSettings())  # fmt: skip
+        row["chosen_token_weights"], row["rejected_token_weights"] = chosen, rejected
+
+
 def _worker(ns: argparse.Namespace) -> None:
     import torch
     from datasets import Dataset
@@ -115,6 +134,8 @@ def _worker(ns: argparse.Namespace) -> None:
     tokenizer = load_tokenizer(model_path)
     model = _model(model_path, ns.vocab_size)
     precision = choose_precision(ns.precision)
+    if TIDPO_KNOBS.get(ns.worker, {}).get("weighting") == "column":
+        _with_weights(rows, model, tokenizer)
     data = Dataset.from_list(rows)
     total = ns.warmup + ns.steps + (1 if ns.profile else 0)
     timer = _timer_callback(ns.warmup, Path(ns.profile) if ns.profile else None, total - 1)

@@ -14,7 +14,7 @@ from tidpo.training.precision import Precision, PrecisionError, choose_precision
 from tidpo.training.values import range_problems, type_problem
 
 LOSSES = ("tidpo", "dpo", "cdpo", "ipo", "hinge", "robust", "simpo", "tdpo")
-WEIGHTINGS = ("hybrid", "attribution", "prior", "uniform", "random", "softmax_prior")
+WEIGHTINGS = ("hybrid", "attribution", "prior", "uniform", "random", "softmax_prior", "column")
 SPECIAL_TOKENS = ("attribute", "prior", "mean")
 ATTRIBUTION_TARGETS = ("max_logit", "response_logprob")
 PRESETS = ("paper", "released")
@@ -230,6 +230,15 @@ class TIDPOConfig(TrainingArguments):
         _check("remove_unused_columns", not self.remove_unused_columns,
                "false (tidpo's collator needs its data columns)",
                self.remove_unused_columns)  # fmt: skip
+        if self.weighting == "column" and self.loss in ("simpo", "tdpo"):
+            raise ConfigError(f"weighting: 'column' weighs the log-ratio margin; loss "
+                              f"{self.loss!r} has none to weigh (use tidpo, dpo, cdpo, robust, "
+                              "hinge or ipo)")  # fmt: skip
+        if self.weighting == "column" and self.special_tokens == "prior":
+            raise ConfigError(
+                "special_tokens: 'prior' changes how attribution is mixed; "
+                "weighting 'column' uses the data's weights ('attribute' or 'mean')"
+            )
         if self.precompute_ref and self.needs_full_logits:
             why = "loss 'tdpo'" if self.loss == "tdpo" else f"tdpo_alpha={self.tdpo_alpha}"
             raise ConfigError(

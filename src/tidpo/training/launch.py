@@ -81,7 +81,8 @@ def relaunch(opts: RunOptions, num_processes: int, train_args: list[str]) -> Non
     from tidpo.training.run import check_run
 
     _, _, _, data_path = check_run(opts)
-    load_preferences(data_path)  # a bad row stops here, before N processes start
+    # A bad row stops here, before N processes start.
+    load_preferences(data_path, columns=opts.columns)
     env = dict(os.environ)
     if not torch.cuda.is_available():
         env["ACCELERATE_USE_CPU"] = "true"

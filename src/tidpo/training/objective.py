@@ -47,6 +47,7 @@ class StepTensors:
     scores: Tensor | None = None  # [2B, L] unshifted raw attribution I (Eq. 5-6), None if unused
     policy_seq_kl: Tensor | None = None  # [2B] sequential KL for TDPO terms (over the response)
     special: Tensor | None = None  # [2B, L] unshifted: the tokenizer's special tokens
+    given_weights: Tensor | None = None  # [2B, L] unshifted: the data's weights ("column")
 
 
 def weight_span_mask(attention_mask: Tensor, response_mask: Tensor, span: str) -> Tensor:
@@ -88,16 +89,23 @@ def token_weights(
     span: Tensor,
     generator: torch.Generator | None = None,
     special: Tensor | None = None,
+    given: Tensor | None = None,
 ) -> Tensor:
     """Token weights of the configured ``weighting`` (Eq. 8 for ``hybrid``) on ``span``, detached,
     then the options against collapse: ``special_tokens`` (``prior``: the ``special`` tokens get
     no attribution share; ``mean``: they get the span's mean weight) and ``weight_cap``.
 
-    ``scores``, ``span`` and ``special`` share one coordinate system; the weights come back in it.
+    ``weighting="column"`` takes ``given`` (the data's per-token weights) on the span, as given:
+    not rescaled. ``scores``, ``span``, ``special`` and ``given`` share one coordinate system; the
+    weights come back in it.
     """
     ws = cfg if isinstance(cfg, WeightSettings) else WeightSettings.of(cfg)
-    w = _base_weights(ws, scores, span, generator,
-                      special if ws.special_tokens == "prior" else None)  # fmt: skip
+    if ws.weighting == "column":
+        assert given is not None, "weighting 'column' needs the data's token weights"
+        w = given.to(torch.float32) * span.to(torch.float32)
+    else:
+        w = _base_weights(ws, scores, span, generator,
+                          special if ws.special_tokens == "prior" else None)  # fmt: skip
     if ws.special_tokens == "mean" and special is not None:
         w = F.mean_weight_for(w, span, special)
     if ws.weight_cap is not None:
@@ -177,7 +185,8 @@ def step_loss(
         wspan = t.weight_span[: 2 * b]
         scores = t.scores[: 2 * b] if t.scores is not None else None
         special = t.special[: 2 * b] if t.special is not None else None
-        w_tok = token_weights(cfg, scores, wspan, generator, special)
+        given = t.given_weights[: 2 * b] if t.given_weights is not None else None
+        w_tok = token_weights(cfg, scores, wspan, generator, special, given)
         w = label_weights(w_tok, ratios.shape[1])
         kl = t.policy_seq_kl
         loss_w, rew_c, rew_r = F.weighted_dpo_loss(
@@ -213,6 +222,13 @@ def step_loss(
             metrics["triplet/d_pos"] = _f(d_pos)
             metrics["triplet/d_neg"] = _f(d_neg)
     else:
+        if cfg.weighting == "column":  # the data's weights in the baselines' margins
+            assert t.given_weights is not None, "weighting 'column' needs the data's weights"
+            w_tok = token_weights(cfg, None, t.weight_span[: 2 * b], None, None,
+                                  t.given_weights[: 2 * b])  # fmt: skip
+            w = label_weights(w_tok, ratios.shape[1])
+            sums = (w * ratios[: 2 * b]).sum(-1)
+            out.update(token_weights=w_tok, weights=w.detach(), margins=sums.detach())
         loss, rew_c, rew_r = _baseline(cfg, ratios, pol, resp, sums, t.policy_seq_kl, b)
         metrics["loss/dpo_w"] = _f(loss)
     out["losses"] = loss.detach()

@@ -97,7 +97,8 @@ def run_training(
     say(escape(cfg.precision_choice.describe()), soft_wrap=True)
     say(escape(describe_optimisation(cfg)), soft_wrap=True)
     tokenizer = load_tokenizer(model_path, trust_remote_code=opts.trust_remote_code)
-    ds = load_preferences(data_path)  # data first: a bad row stops the run before the model loads
+    # Data first: a bad row stops the run before the model loads.
+    ds = load_preferences(data_path, columns=opts.columns)
     try:
         ds, dropped = tokenize_dataset(ds, tokenizer, cfg.max_length)
     except DataError as err:

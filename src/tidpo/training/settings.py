@@ -67,6 +67,8 @@ class RunOptions:
     trust_remote_code: bool = False
     report: bool = True
     eval_dataset: str | None = None
+    columns: str | None = None
+    """``--dataset``'s own column names: ``"prompt=question,chosen=good,rejected=bad"``."""
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     """`TIDPOConfig` fields (and so any ``TrainingArguments`` option) set by the user."""
     notes: list[str] = dataclasses.field(default_factory=list)

@@ -55,6 +55,15 @@ def prepare_dataset(
         "anchor_ids" not in ds.column_names or any(a is None for a in ds["anchor_ids"])
     ):
         raise DataError("anchor_source 'column' needs an 'anchor' value in every row")
+    if cfg.weighting == "column":
+        for key in ("chosen_token_weights", "rejected_token_weights"):
+            values = ds[key] if key in ds.column_names else [None]
+            if any(v is None for v in values):
+                field = key.replace("_token", "")
+                raise DataError(
+                    f"weighting 'column' needs \"{field}\" in every row (one number "
+                    "per response token or word; `tidpo weights` writes them)"
+                )
     return ds
 
 
@@ -311,7 +320,8 @@ class TIDPOTrainer(Trainer):
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.state.global_step)
         wspan = weight_span_mask(am, rm, cfg.weight_span)
         special = torch.isin(ids, self.special_ids.to(ids.device)) if cfg.loss == "tidpo" else None
-        tensors = StepTensors(policy_lp, ref_lp, response, wspan, scores, seq_kl, special)
+        given = inputs.get("token_weights") if cfg.weighting == "column" else None
+        tensors = StepTensors(policy_lp, ref_lp, response, wspan, scores, seq_kl, special, given)
         details: dict[str, Tensor] = {}
         loss, metrics = step_loss(cfg, tensors, b, gen, details if return_outputs else None)
         if mode == "train" and not torch.isfinite(loss):

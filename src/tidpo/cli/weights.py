@@ -1,0 +1,107 @@
+"""`tidpo weights`: write TI-DPO's token weights of a dataset as ``chosen_weights`` /
+``rejected_weights`` columns (`tidpo.analysis.weights_file`), for ``weighting="column"``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tidpo.cli.boundary import boundary
+from tidpo.cli.options import Debug, Model, PrecisionOpt, TrustRemoteCode
+from tidpo.errors import TidpoError
+from tidpo.fileio import check_output_path
+
+__all__ = ["run_weights", "weights_command"]
+
+
+def run_weights(
+    model: str | None,
+    dataset: str | None,
+    out: Path,
+    settings: dict[str, Any],
+    columns: str | None = None,
+    precision: str = "auto",
+    trust_remote_code: bool = False,
+    console: Console | None = None,
+) -> Path:
+    """Everything `tidpo weights` does, as a function; returns the written file."""
+    import torch
+
+    from tidpo.analysis.weights_file import rows_with_weights, write_rows
+    from tidpo.data import bundled_dataset, load_preferences
+    from tidpo.training.config import TIDPOConfig
+    from tidpo.training.models import (
+        check_model_folder,
+        load_causal_lm,
+        load_tokenizer,
+        resolve_model,
+    )
+    from tidpo.training.objective import WeightSettings
+    from tidpo.training.precision import choose_precision
+
+    console = console or Console(stderr=True)
+    if out.suffix not in (".jsonl", ".parquet"):
+        raise TidpoError(f"--out: {out} must end in .jsonl or .parquet")
+    check_output_path(out, "--out", folder=False)
+    # The settings are checked as a training config would check them.
+    cfg = TIDPOConfig(output_dir=str(out.parent), use_cpu=True, report_to="none", **settings)
+    ws = WeightSettings.of(cfg)
+    choice = choose_precision(precision)
+    console.print(choice.describe(), highlight=False)
+    data_path = Path(dataset) if dataset else bundled_dataset("train")
+    rows = load_preferences(data_path, columns=columns).to_list()
+    model_path = resolve_model(model)
+    check_model_folder(model_path, trust_remote_code)
+    tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
+    lm = load_causal_lm(model_path, dtype=torch.float32, trust_remote_code=trust_remote_code,
+                        device=choice.device)  # fmt: skip
+    lm.eval()
+    columns_ = [TextColumn("weights"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns_, console=console, transient=True) as bar, choice.autocast():
+        task = bar.add_task("weights", total=len(rows))
+        done = rows_with_weights(lm, tokenizer, rows, ws,
+                                 lambda i: bar.update(task, completed=i))  # fmt: skip
+    write_rows(done, out)
+    console.print(f"[green]wrote[/] {out}: {len(done)} rows, weighting {ws.weighting} "
+                  f"(lambda {ws.importance_lambda}, sigma_div {ws.sigma_div}) of {model_path}",
+                  highlight=False, soft_wrap=True)  # fmt: skip
+    return out
+
+
+def weights_command(
+    out: Annotated[Path, typer.Option(help="Output file: .jsonl or .parquet.")],
+    model: Model = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Preference file (default: the bundled training set).")
+    ] = None,
+    columns: Annotated[
+        str | None, typer.Option(help="The dataset's column names: prompt=question,...")
+    ] = None,
+    weighting: Annotated[
+        str, typer.Option(help="hybrid | attribution | prior | softmax_prior | uniform")
+    ] = "hybrid",
+    importance_lambda: Annotated[
+        float, typer.Option("--lam", help="Hybrid mix lambda (Eq. 8).")
+    ] = 0.7,
+    sigma_div: Annotated[float, typer.Option(help="Prior width: sigma = T / sigma_div.")] = 4.0,
+    weight_scale: Annotated[str, typer.Option(help="mean (training's) | sum")] = "mean",
+    special_tokens: Annotated[str, typer.Option(help="attribute | prior | mean")] = "attribute",
+    attribution_target: Annotated[
+        str, typer.Option(help="max_logit (paper) | response_logprob")
+    ] = "max_logit",
+    precision: PrecisionOpt = "auto",
+    trust_remote_code: TrustRemoteCode = False,
+    debug: Debug = False,
+) -> None:
+    """Compute TI-DPO token weights for a dataset once and write them as data columns."""
+    settings: dict[str, Any] = {
+        "weighting": weighting, "importance_lambda": importance_lambda, "sigma_div": sigma_div,
+        "weight_scale": weight_scale, "special_tokens": special_tokens,
+        "attribution_target": attribution_target,
+    }  # fmt: skip
+    with boundary(debug):
+        run_weights(model, dataset, out, settings, columns, precision, trust_remote_code)
