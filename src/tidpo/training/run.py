@@ -135,7 +135,7 @@ def run_training(
     # that fails leaves no config.yaml, and a failed --resume changes nothing.
     start = RunFolderCallback(out, checkpoint, opts.resume, opts.overwrite, main,
                               lambda: write_config(out / "config.yaml", cfg, opts, model_path,
-                                                   data_path))  # fmt: skip
+                                                   data_path, rows=len(ds)))  # fmt: skip
     trainer.callback_handler.callbacks.insert(0, start)  # before tensorboard opens its file
     if main and hooks is not None and hooks.before is not None:
         hooks.before(model, tokenizer)
