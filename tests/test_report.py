@@ -60,6 +60,16 @@ def test_write_report_rebuilds_from_files_alone(run_dir: Path) -> None:
     assert write_report(run_dir).is_file()
 
 
+def test_model_card_carries_the_eval_table(run_dir: Path) -> None:
+    """With the report on, ``model/README.md`` has the report's eval table (trained vs base)."""
+    card = (run_dir / "model" / "README.md").read_text(encoding="utf-8")
+    ev = json.loads((run_dir / "eval.json").read_text())
+    base, trained = ev["reference"]["pass_rate"], ev["policy"]["pass_rate"]
+    assert "## Evaluation: this model against the base model" in card
+    assert f"| verifiable pass rate | {100 * base:.1f}% | {100 * trained:.1f}% |" in card
+    assert f"| held-out reward accuracy | – | {100 * ev['reward']['accuracy']:.1f}% |" in card
+
+
 def test_eval_table_marks_better_and_worse() -> None:
     ev = {"policy": {"pass_rate": 0.6, "by_category": {"x": {"pass_rate": 0.5}}},
           "reference": {"pass_rate": 0.4, "by_category": {"x": {"pass_rate": 0.7}}}}  # fmt: skip

@@ -1,8 +1,10 @@
-"""`tidpo train`: merge the settings, train (in N processes if asked), write the run report.
+"""`tidpo train`: merge the settings, train (in N processes if asked), write the run report and
+the model card, push to the hub if asked.
 
 The work is `tidpo.training.run.run_training`; the run report (explain before and after, the
 weight histogram, eval against the base model: `tidpo.analysis.run_report`) runs through its
-hooks and `tidpo.report` writes ``report.html`` from the files.
+hooks and `tidpo.report` writes ``report.html`` and ``model/README.md`` (the model card) from the
+files; ``--push-to-hub`` then uploads ``model/`` (`tidpo.training.hub`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tidpo.cli.boundary import boundary
 from tidpo.cli.options import Debug, Model, TrustRemoteCode
@@ -21,25 +24,40 @@ __all__ = ["train_command"]
 
 
 def _hooks(opts: Any, console: Console) -> Any:
-    """The run report as `RunHooks` (None with ``--no-report``)."""
-    from tidpo.analysis.run_report import ReportJob
-    from tidpo.data import bundled_dataset
-    from tidpo.report import write_report
+    """What `tidpo train` does around training, as `RunHooks`: the run report (not with
+    ``--no-report``), then the model card in ``model/README.md``, then ``--push-to-hub``."""
+    from tidpo.report.model_card import write_model_card
     from tidpo.training.run import RunHooks
-    from tidpo.training.settings import build_config
 
-    if not opts.report:
-        return None
     out = opts.output_path()
-    cfg = build_config(opts, out)
-    eval_data = Path(opts.eval_dataset) if opts.eval_dataset else bundled_dataset("test")
-    job = ReportJob(out, eval_data, cfg, console=console)
+    job = _report_job(opts, console) if opts.report else None
 
     def after(model: Any, load_base: Any, tokenizer: Any) -> None:
-        job.after(model, load_base(), tokenizer)
-        console.print(f"[cyan]report[/]: wrote {write_report(out)}")
+        if job is not None:
+            from tidpo.report import write_report
 
-    return RunHooks(before=job.before, after=after)
+            job.after(model, load_base(), tokenizer)
+            console.print(f"[cyan]report[/]: wrote {escape(str(write_report(out)))}")
+        card = write_model_card(out, opts.push_to_hub)
+        console.print(f"[cyan]model card[/]: wrote {escape(str(card))}")
+        if opts.push_to_hub:
+            from tidpo.training.hub import push_model
+
+            url = push_model(out / "model", opts.push_to_hub, f"tidpo train: {out.name}")
+            console.print(f"[cyan]hub[/]: pushed {escape(str(out / 'model'))} to {escape(url)}")
+
+    return RunHooks(before=job.before if job is not None else None, after=after)
+
+
+def _report_job(opts: Any, console: Console) -> Any:
+    """The run report's model work (`tidpo.analysis.run_report.ReportJob`)."""
+    from tidpo.analysis.run_report import ReportJob
+    from tidpo.data import bundled_dataset
+    from tidpo.training.settings import build_config
+
+    out = opts.output_path()
+    eval_data = Path(opts.eval_dataset) if opts.eval_dataset else bundled_dataset("test")
+    return ReportJob(out, eval_data, build_config(opts, out), console=console)
 
 
 def _dry_run(opts: Any, console: Console) -> None:
@@ -114,6 +132,14 @@ def train_command(
     report: Annotated[
         bool | None, typer.Option(help="Explain, evaluate and write report.html after training.")
     ] = None,
+    push_to_hub: Annotated[
+        str | None,
+        typer.Option(
+            metavar="REPO",
+            help="Upload model/ (with its model card) to this hub "
+            "repository at the end; needs a token and a reachable hub.",
+        ),
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Any TIDPOConfig field: --set beta=0.2")
     ] = None,
@@ -140,7 +166,7 @@ def train_command(
                  "weighting": weighting, "preset": preset, "precision": precision, "lora": lora,
                  "max_steps": max_steps,
                  "output_dir": output_dir, "name": name, "resume": resume,
-                 "overwrite": overwrite, "report": report,
+                 "overwrite": overwrite, "report": report, "push_to_hub": push_to_hub,
                  "trust_remote_code": trust_remote_code or None}  # fmt: skip
         if max_steps is not None and max_steps < 1:
             raise TidpoError(f"--max-steps: must be >= 1 (to train by epochs: --set "

@@ -19,7 +19,7 @@ import yaml
 from tidpo.fileio import write_text_atomic
 from tidpo.report.plots import curves_png, weight_histogram_png
 
-__all__ = ["eval_table_html", "read_metrics", "write_report"]
+__all__ = ["EvalRow", "eval_rows", "eval_table_html", "read_metrics", "write_report"]
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d1d1f;
@@ -62,15 +62,23 @@ def _row(name: str, base: Any, trained: Any, pct: bool = False, higher: bool | N
             f'<td class="{cls}">{_fmt(trained, pct)}</td></tr>')  # fmt: skip
 
 
-def eval_table_html(ev: Mapping[str, Any]) -> str:
-    """The `tidpo eval` numbers of the trained model against the base model as an HTML table."""
+EvalRow = tuple[str, Any, Any, bool, bool | None]
+"""One line of the eval table: label, base model value, trained model value, shown as a
+percentage, higher is better (None: neither)."""
+
+
+def eval_rows(ev: Mapping[str, Any]) -> list[EvalRow]:
+    """The lines of the eval table (trained model against the base model) from ``eval.json``:
+    pass rates (overall, by category), diversity, reward accuracy and margin, win rate."""
     pol, ref = ev.get("policy") or {}, ev.get("reference") or {}
-    rows = [_row("verifiable pass rate", ref.get("pass_rate"), pol.get("pass_rate"), pct=True)]
+    rows: list[EvalRow] = [
+        ("verifiable pass rate", ref.get("pass_rate"), pol.get("pass_rate"), True, True)
+    ]
     cats = sorted(set(pol.get("by_category", {})) | set(ref.get("by_category", {})))
     for cat in cats:
         b = (ref.get("by_category", {}).get(cat) or {}).get("pass_rate")
         t = (pol.get("by_category", {}).get(cat) or {}).get("pass_rate")
-        rows.append(_row(f"  {cat}", b, t, pct=True))
+        rows.append((f"  {cat}", b, t, True, True))
     dp, dr = pol.get("diversity") or {}, ref.get("diversity") or {}
     diversity = [
         ("self_bleu", "Self-BLEU (%)", False),
@@ -79,15 +87,22 @@ def eval_table_html(ev: Mapping[str, Any]) -> str:
         ("entropy", "mean token entropy (nats)", True),
     ]
     for key, label, higher in diversity:
-        rows.append(_row(label, dr.get(key), dp.get(key), higher=higher))
+        rows.append((label, dr.get(key), dp.get(key), False, higher))
     reward = ev.get("reward") or {}
     if reward:
-        rows.append(_row("held-out reward accuracy", None, reward.get("accuracy"), pct=True))
-        rows.append(_row("mean reward margin (nats)", None, reward.get("margin")))
+        rows.append(("held-out reward accuracy", None, reward.get("accuracy"), True, True))
+        rows.append(("mean reward margin (nats)", None, reward.get("margin"), False, True))
     win = ev.get("win_rate") or {}
     if win:
         summary = f"{win.get('wins')} wins / {win.get('losses')} losses / {win.get('ties')} ties"
-        rows.append(_row(f"win rate vs base ({summary})", None, win.get("win_rate"), pct=True))
+        rows.append((f"win rate vs base ({summary})", None, win.get("win_rate"), True, True))
+    return rows
+
+
+def eval_table_html(ev: Mapping[str, Any]) -> str:
+    """The `tidpo eval` numbers of the trained model against the base model as an HTML table."""
+    rows = [_row(label, base, trained, pct, higher)
+            for label, base, trained, pct, higher in eval_rows(ev)]  # fmt: skip
     settings = ev.get("settings", {})
     note = html.escape(", ".join(f"{k}={v}" for k, v in settings.items()))
     head = "<tr><th>metric</th><th>base model</th><th>trained model</th></tr>"

@@ -49,7 +49,8 @@ class RunHooks:
 
 
 def check_run(opts: RunOptions) -> tuple[Path, TIDPOConfig, Path, Path]:
-    """What can be checked before any work: the output folder, the config, model and data paths.
+    """What can be checked before any work: the output folder, the config, ``--push-to-hub``
+    (`tidpo.training.hub.check_push`), model and data paths.
 
     Returns ``(output_dir, config, model_path, data_path)``; raises a `TidpoError` naming the
     problem. A ``.gguf`` model is converted here (once), so launched processes find it ready.
@@ -61,6 +62,10 @@ def check_run(opts: RunOptions) -> tuple[Path, TIDPOConfig, Path, Path]:
     if (out / "config.yaml").exists() and not (opts.resume or opts.overwrite):
         raise RunError(f"{out}: already holds a run (use --resume, --overwrite or another name)")
     cfg = build_config(opts, out)
+    if opts.push_to_hub:
+        from tidpo.training.hub import check_push
+
+        check_push(opts.push_to_hub)  # before hours of training, not after
     with cfg.main_process_first(desc="model conversion"):  # one process converts a .gguf
         model_path = resolve_model(opts.model)
     check_model_folder(model_path, opts.trust_remote_code)
@@ -136,7 +141,7 @@ def run_training(
     # that fails leaves no config.yaml, and a failed --resume changes nothing.
     start = RunFolderCallback(out, checkpoint, opts.resume, opts.overwrite, main,
                               lambda: write_config(out / "config.yaml", cfg, opts, model_path,
-                                                   data_path))  # fmt: skip
+                                                   data_path, rows=len(ds)))  # fmt: skip
     trainer.callback_handler.callbacks.insert(0, start)  # before tensorboard opens its file
     if main and hooks is not None and hooks.before is not None:
         hooks.before(model, tokenizer)

@@ -140,17 +140,22 @@ def write_errors(what: str, out: Path, main: bool) -> Iterator[None]:
         ) from err
 
 
-def write_config(
-    path: Path, cfg: TIDPOConfig, opts: RunOptions, model_path: Path, data_path: Path
-) -> None:
+def write_config(path: Path, cfg: TIDPOConfig, opts: RunOptions, model_path: Path,
+                 data_path: Path, rows: int | None = None) -> None:  # fmt: skip
+    """Write the run's resolved configuration: model, data (and ``rows``, the pairs trained on),
+    LoRA, the TI-DPO fields and every ``TrainingArguments`` value."""
     resolved = {k: v for k, v in cfg.to_dict().items() if not k.startswith("_")}
-    doc = {
+    doc: dict[str, Any] = {
         "model": str(model_path),
         "dataset": str(data_path),
         "lora": opts.lora,
         "tidpo": cfg.tidpo_dict(),
         "training_arguments": resolved,
     }
+    if rows is not None:
+        doc["train_rows"] = rows
+    if opts.lora:
+        doc["lora_r"] = opts.lora_r
     text = yaml.safe_dump(doc, sort_keys=True, default_flow_style=False)
     try:
         write_text_atomic(path, text)

@@ -69,6 +69,9 @@ class RunOptions:
     eval_dataset: str | None = None
     columns: str | None = None
     """``--dataset``'s own column names: ``"prompt=question,chosen=good,rejected=bad"``."""
+    push_to_hub: str | None = None
+    """A hub model repository (``name`` or ``namespace/name``) that ``model/`` is uploaded to at
+    the end of training (`tidpo.training.hub`); None: nothing is uploaded."""
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     """`TIDPOConfig` fields (and so any ``TrainingArguments`` option) set by the user."""
     notes: list[str] = dataclasses.field(default_factory=list)
@@ -82,8 +85,9 @@ class RunOptions:
 
 
 RUN_KEYS = frozenset(f.name for f in dataclasses.fields(RunOptions)) - {"config", "notes"}
-"""Keys of a YAML config (and flags) that are no `TIDPOConfig` field: where model and data come
-from, the run folder, LoRA, resume and the report."""
+"""Keys of a YAML config (and flags) that are no `TIDPOConfig` field (or, as ``push_to_hub``,
+are taken from the Trainer): where model and data come from, the run folder, LoRA, resume, the
+report and the hub repository."""
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -129,12 +133,37 @@ def load_yaml_config(path: Path, notes: list[str] | None = None) -> dict[str, An
             raise RunError(f"{path}: {err}") from None
         if notes is not None:
             notes += [f"{path}: {note}" for note in trl_notes]
+    try:
+        data = _hub_keys(data, notes)
+    except RunError as err:
+        raise RunError(f"{path}: {err}") from None
     for key, value in data.items():
         try:
             data[key] = check_value(str(key), value)
         except RunError as err:
             raise RunError(f"{path}: {err}") from None
     return data
+
+
+def _hub_keys(data: dict[str, Any], notes: list[str] | None) -> dict[str, Any]:
+    """``TrainingArguments``' ``push_to_hub: true`` + ``hub_model_id: REPO`` (a TRL config's way)
+    as tidpo's ``push_to_hub: REPO``: tidpo uploads the final ``model/`` with its model card, and
+    the Trainer never pushes checkpoints. ``push_to_hub: false`` is dropped."""
+    flag = data.get("push_to_hub")
+    if not isinstance(flag, bool):
+        return data
+    out = {k: v for k, v in data.items() if k != "push_to_hub"}
+    if not flag:
+        return out
+    repo = out.pop("hub_model_id", None)
+    if not repo:
+        raise RunError("push_to_hub: true needs hub_model_id (the repository), or give the "
+                       "repository itself: push_to_hub: you/my-model")  # fmt: skip
+    out["push_to_hub"] = repo
+    if notes is not None:
+        notes.append(f"push_to_hub=true, hub_model_id={repo!r} -> push_to_hub={repo!r} (tidpo "
+                     "uploads model/ with its model card at the end of training)")  # fmt: skip
+    return out
 
 
 @functools.cache
