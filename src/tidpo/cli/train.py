@@ -16,6 +16,7 @@ from rich.console import Console
 from tidpo.cli.boundary import boundary
 from tidpo.cli.options import Debug, Model, TrustRemoteCode
 from tidpo.errors import TidpoError
+from tidpo.extras import plots_note
 
 __all__ = ["train_command"]
 
@@ -30,6 +31,9 @@ def _hooks(opts: Any, console: Console) -> Any:
 
     if not opts.report:
         return None
+    note = plots_note("report.html")  # said before the work; the page is written all the same
+    if note:
+        console.print(note, highlight=False, markup=False, soft_wrap=True)
     out = opts.output_path()
     cfg = build_config(opts, out)
     eval_data = Path(opts.eval_dataset) if opts.eval_dataset else bundled_dataset("test")
