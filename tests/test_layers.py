@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "src" / "tidpo"
 
 LAYERS = [
-    ("tidpo.errors", "tidpo.fileio"),
+    ("tidpo.errors", "tidpo.extras", "tidpo.fileio"),
     ("tidpo.functional",),
     ("tidpo.data",),
     ("tidpo.training",),

@@ -22,6 +22,7 @@ import torch
 
 from tidpo.data import eos_token_ids, merge_tokens, pad_token_id, prompt_ids, right_pad
 from tidpo.errors import TidpoError
+from tidpo.extras import has_module
 from tidpo.fileio import write_atomic, write_json_atomic, write_text_atomic
 from tidpo.training.config import AnchorSampling
 from tidpo.training.generation import generate
@@ -324,14 +325,17 @@ def load_pair(dataset: str | Path, index: int) -> dict[str, Any]:
 def write_explain(result: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Write ``explain.json``, ``explain.html`` and ``explain.png`` into ``out_dir``.
 
-    Returns the paths by kind (``json``, ``html``, ``png``).
+    Returns the paths by kind (``json``, ``html``, ``png``); without matplotlib (the extra
+    ``tidpo[report]``) there is no ``png`` (`tidpo.extras.plots_note` says so).
     """
     from tidpo.analysis.explain_render import render_html, render_png
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "explain.json", "html": out / "explain.html", "png": out / "explain.png"}
+    paths = {"json": out / "explain.json", "html": out / "explain.html"}
     write_json_atomic(dict(result), paths["json"])
     write_text_atomic(paths["html"], render_html(result))
-    write_atomic(paths["png"], lambda tmp: render_png(result, tmp))
+    if has_module("matplotlib"):
+        paths["png"] = out / "explain.png"
+        write_atomic(paths["png"], lambda tmp: render_png(result, tmp))
     return paths

@@ -258,10 +258,9 @@ def _short(text: str, limit: int) -> str:
 
 def render_png(result: Mapping[str, Any], path: str | Path, width_chars: int = 44) -> Path:
     """The prompt, then per panel: coloured word boxes (top) and a bar chart of its top words."""
-    import matplotlib
+    from tidpo.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("explain.png")
     from matplotlib.colors import LinearSegmentedColormap
     from matplotlib.patches import Rectangle
 

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from tidpo.cli.boundary import boundary
 from tidpo.cli.options import Debug, Model, PrecisionOpt
+from tidpo.extras import MissingExtraError, has_module, missing_message
 from tidpo.fileio import check_output_path
 
 __all__ = ["bench_command"]
@@ -58,6 +59,8 @@ def bench_command(
     console = Console()
     with boundary(debug):
         chosen = tuple(c.strip() for c in configs.split(",") if c.strip()) if configs else CONFIGS
+        if "trl_dpo" in chosen and not has_module("trl"):
+            raise MissingExtraError(missing_message("the trl_dpo configuration", "trl"))
         if json_path is not None:  # output paths before any work
             check_output_path(json_path, "--json", folder=False)
         if profile is not None:

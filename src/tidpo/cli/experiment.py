@@ -14,6 +14,7 @@ from rich.console import Console
 
 from tidpo.cli.boundary import boundary
 from tidpo.cli.options import Debug
+from tidpo.extras import plots_note
 
 __all__ = ["experiment_command"]
 
@@ -77,6 +78,9 @@ def experiment_command(
 
     console = Console()
     with boundary(debug):
+        note = plots_note("experiment.md")  # said before the work
+        if note:
+            console.print(note, highlight=False, markup=False, soft_wrap=True)
         run_experiment(
             study,
             model=model,

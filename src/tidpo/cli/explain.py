@@ -16,6 +16,7 @@ from rich.console import Console
 
 from tidpo.cli.boundary import boundary
 from tidpo.cli.options import Debug, Model, PrecisionOpt, TrustRemoteCode
+from tidpo.extras import plots_note
 from tidpo.fileio import check_output_path
 
 __all__ = ["explain_command", "run_explain"]
@@ -125,7 +126,10 @@ def run_explain(
     for panel in result["panels"]:
         top = ", ".join(f"{t['word']} {t['scaled']:.2f}" for t in panel["top_k"][:5])
         console.print(f"[bold]{panel['title']}[/]: {top}", highlight=False)
-    console.print(f"[green]wrote[/] {paths['html']}, {paths['png']}, {paths['json']}")
+    console.print(f"[green]wrote[/] {', '.join(str(p) for p in paths.values())}")
+    note = plots_note("explain.png")
+    if note:
+        console.print(note, highlight=False, markup=False, soft_wrap=True)
     return paths
 
 

@@ -19,6 +19,7 @@ from rich.markup import escape
 from tidpo.cli.boundary import boundary
 from tidpo.cli.options import Debug, Model, TrustRemoteCode
 from tidpo.errors import TidpoError
+from tidpo.extras import plots_note
 
 __all__ = ["train_command"]
 
@@ -29,6 +30,10 @@ def _hooks(opts: Any, console: Console) -> Any:
     from tidpo.report.model_card import write_model_card
     from tidpo.training.run import RunHooks
 
+    if opts.report:
+        note = plots_note("report.html")  # said before the work; the page is written all the same
+        if note:
+            console.print(note, highlight=False, markup=False, soft_wrap=True)
     out = opts.output_path()
     job = _report_job(opts, console) if opts.report else None
 

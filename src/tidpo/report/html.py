@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from tidpo.extras import plots_note
 from tidpo.fileio import write_text_atomic
 from tidpo.report.plots import curves_png, weight_histogram_png
 
@@ -141,10 +142,16 @@ def write_report(run: str | Path) -> Path:
             f'{html.escape(str((config or {}).get("dataset")))} · loss {tidpo_cfg.get("loss")} · '
             f"weighting {tidpo_cfg.get('weighting')} · {len(steps)} logged steps · "
             f"train runtime {_fmt(final.get('train_runtime'))} s</p>"]  # fmt: skip
+    no_plots = plots_note("this report")  # matplotlib missing: the page without its figures
     body.append("<h2>Training curves</h2>")
-    body.append(_img(curves_png(records), "training curves") if steps else "<p>No steps.</p>")
+    if no_plots:
+        body.append(f'<p class="meta">{html.escape(no_plots)}</p>')
+    elif steps:
+        body.append(_img(curves_png(records), "training curves"))
+    else:
+        body.append("<p>No steps.</p>")
     weights = _load_json(run / "report" / "weights.json")
-    if weights:
+    if weights and not no_plots:
         body.append("<h2>Importance weights (cf. the paper's Figure 4)</h2>")
         body.append(_img(weight_histogram_png(weights), "weight histogram"))
     body.append("<h2>Which tokens mattered: fixed test pairs before and after training</h2>")

@@ -1,4 +1,8 @@
-"""Matplotlib figures of a run (Agg, PNG bytes): training curves and the weight histogram."""
+"""Matplotlib figures of a run (Agg, PNG bytes): training curves and the weight histogram.
+
+matplotlib is optional (``pip install 'tidpo[report]'``): it is imported on the first figure, and
+its absence raises `tidpo.extras.MissingExtraError`.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,7 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from tidpo.extras import pyplot
 
 __all__ = ["CURVES", "curves_png", "weight_histogram_png"]
 
@@ -29,10 +30,13 @@ CURVES: list[tuple[str, list[tuple[str, str]]]] = [
 ]
 
 
+_FEATURE = "the plots of report.html"
+
+
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    pyplot(_FEATURE).close(fig)
     return buf.getvalue()
 
 
@@ -54,7 +58,7 @@ def curves_png(records: Sequence[Mapping[str, Any]]) -> bytes:
     """
     steps = [r for r in records if "loss" in r and "step" in r]
     window = max(1, len(steps) // 10)
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.2))
+    fig, axes = pyplot(_FEATURE).subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.2))
     for ax, (title, series) in zip(axes, CURVES, strict=True):
         for key, label in series:
             pts = [(r["step"], float(r[key])) for r in steps if key in r]
@@ -76,7 +80,7 @@ def weight_histogram_png(groups: Mapping[str, Sequence[float]]) -> bytes:
 
     Weights are in the training scale (mean 1 over each response), so 1 means "average token".
     """
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    fig, ax = pyplot(_FEATURE).subplots(figsize=(6.5, 3.4))
     values = [v for vs in groups.values() for v in vs]
     top = max(values) if values else 1.0
     bins = [i * top / 40 for i in range(41)]

@@ -44,13 +44,14 @@ def _err(stat: Mapping[str, Any], scale: float) -> tuple[float, float, float]:
 
 
 def plots(out: Path, summary: Mapping[str, Any], per_arm: Mapping[str, Sequence[Any]]) -> list[str]:
-    """Write the plots that the results allow; return their file names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Write the plots that the results allow; return their file names (none without
+    matplotlib, the extra ``tidpo[report]``: `tidpo.extras.plots_note` says so)."""
+    from tidpo.extras import has_module, pyplot
     from tidpo.studies.arms import STUDIES
+
+    if not has_module("matplotlib"):
+        return []
+    plt = pyplot("the experiment's plots")
 
     written = []
     arms = summary["arms"]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tidpo.extras import plots_note
 from tidpo.fileio import write_json_atomic
 from tidpo.studies.stats import mean_interval, paired_bootstrap, paired_seeds, verdict
 
@@ -276,5 +277,7 @@ def write_report(
     if meta.get("missing"):
         lines[2:2] = [f"**Partial results**: not run yet: {', '.join(meta['missing'])}.", ""]
     lines += [f"![{p}]({p})" for p in summary["plots"]]
+    no_plots = plots_note("this experiment")
+    lines += [no_plots] if no_plots else []
     (out / "experiment.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return summary

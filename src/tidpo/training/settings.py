@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from tidpo.errors import TidpoError
+from tidpo.extras import MissingExtraError, missing_message, tensorboard_available
 from tidpo.training.config import TIDPOConfig, merge_values
 from tidpo.training.trl_compat import TRL_KEYS, translate_trl
 from tidpo.training.values import as_number, type_problem
@@ -44,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "save_steps": 10,
     "save_total_limit": 1,
     "seed": 42,
-    "report_to": ["tensorboard"],
+    "report_to": ["tensorboard"],  # "none" when tensorboard (tidpo[tensorboard]) is missing
 }
 
 
@@ -219,14 +220,26 @@ def resolve_options(
         if value is not None:
             values[key] = check_value(key, value)
     run = {key: values.pop(key) for key in list(values) if key in RUN_KEYS}
+    if "report_to" not in values and not tensorboard_available():
+        notes.append("note: no tensorboard logs (tb/): "
+                     + missing_message("logging them", "tensorboard"))  # fmt: skip
     return RunOptions(**run, config=values, notes=notes)
+
+
+def _check_report_to(value: Any) -> None:
+    """``report_to`` naming tensorboard needs it installed: one line now, not a Trainer error."""
+    names = [value] if isinstance(value, str) else list(value or [])
+    if "tensorboard" in names and not tensorboard_available():
+        raise MissingExtraError(missing_message("report_to=tensorboard", "tensorboard"))
 
 
 def build_config(opts: RunOptions, output_dir: Path) -> TIDPOConfig:
     """DEFAULTS, then the preset's values, then the user's; `TIDPOConfig` validates and names
     bad fields."""
     user = {key: check_value(key, value) for key, value in opts.config.items()}
-    values = merge_values(user, DEFAULTS)
+    _check_report_to(user.get("report_to"))
+    defaults = DEFAULTS if tensorboard_available() else {**DEFAULTS, "report_to": "none"}
+    values = merge_values(user, defaults)
     if not torch.cuda.is_available():
         values["use_cpu"] = True
     values["output_dir"] = str(output_dir)
