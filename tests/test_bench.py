@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -58,3 +59,28 @@ def test_bad_options_exit_2_naming_the_option(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "nope" in bad.output
     zero = runner.invoke(_app(), ["bench", "--steps", "0"])
     assert zero.exit_code == 2 and "--steps" in zero.output
+
+
+def test_a_failed_configuration_is_recorded_and_the_rest_measured(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed (e.g. out of memory at the large vocabulary) costs its own row only: the
+    JSON keeps every other measurement, the failure is named, and the command exits non-zero."""
+    import tidpo.studies.bench as bench
+
+    def fake_worker(config: str, opts: object, model: object, group: object, work: object) -> dict:
+        if config == "dpo":
+            raise bench.WorkerFailed("dpo: worker failed (exit -9 (killed: out of memory?))", [])
+        return {"step_s": [2.0 if config == "trl_dpo" else 1.0], "cpu_s": [1.0],
+                "tokens_per_step": 100, "peak_rss_mb": 10.0}  # fmt: skip
+
+    monkeypatch.setattr(bench, "_run_worker", fake_worker)
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", str(tiny_model_dir), "--configs", "trl_dpo,dpo,tidpo_precomputed",
+            "--repeats", "2", "--max-length", "64", "--json", str(out)]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 2 and "1 configuration(s) failed: dpo (main)" in result.output
+    records = {r["config"]: r for r in json.loads(out.read_text())}
+    assert "out of memory" in records["dpo"]["error"]
+    assert records["tidpo_precomputed"]["ratio_to_trl"] == 0.5
+    assert bench.markdown_table(list(records.values())).count("\n") == 4

@@ -54,7 +54,7 @@ def bench_command(
     debug: Debug = False,
 ) -> None:
     """Benchmark TRL DPO vs tidpo DPO / TI-DPO: step time, tokens/s, peak memory."""
-    from tidpo.studies.bench import CONFIGS, BenchOptions, run_bench, write_json
+    from tidpo.studies.bench import CONFIGS, BenchError, BenchOptions, run_bench, write_json
 
     console = Console()
     with boundary(debug):
@@ -73,3 +73,6 @@ def bench_command(
         if json_path is not None:
             write_json(results, json_path)
             console.print(f"[green]wrote[/] {json_path}")
+        failed = [f"{r['config']} ({r['group']})" for r in results if "error" in r]
+        if failed:  # the others were measured and written; the command still fails
+            raise BenchError(f"{len(failed)} configuration(s) failed: {', '.join(failed)}")

@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from tidpo.errors import TidpoError
 from tidpo.fileio import write_json_atomic
 from tidpo.studies.bench_worker import CONFIGS
@@ -147,6 +149,14 @@ class _Group:
     vocab_size: int | None = None
 
 
+class WorkerFailed(BenchError):
+    """One configuration's process failed; its rows say so and the others still run."""
+
+    def __init__(self, message: str, tail: list[str]) -> None:
+        super().__init__(message)
+        self.tail = tail
+
+
 def _run_worker(config: str, opts: BenchOptions, model: Path, group: _Group, work: Path) -> dict:
     out = work / f"{config}-{time.monotonic_ns()}.json"
     cmd = [sys.executable, "-m", "tidpo.studies.bench_worker", "--worker", config,
@@ -170,7 +180,8 @@ def _run_worker(config: str, opts: BenchOptions, model: Path, group: _Group, wor
         proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0 or not out.exists():
         tail = log.read_text(errors="replace").strip().splitlines()[-15:]
-        raise BenchError(f"{config}: worker failed (exit {proc.returncode}):\n" + "\n".join(tail))
+        why = " (killed: out of memory?)" if proc.returncode == -9 else ""
+        raise WorkerFailed(f"{config}: worker failed (exit {proc.returncode}{why})", tail)
     result: dict[str, Any] = json.loads(out.read_text())
     result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux: KiB
     return result
@@ -198,6 +209,7 @@ def run_bench(opts: BenchOptions, console: Any = None) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = []
         for group in groups:
             runs: dict[str, list[dict[str, Any]]] = {c: [] for c in group.configs}
+            failed: dict[str, str] = {}
             order = list(group.configs)
             for r in range(opts.repeats):
                 shift = r % len(order)
@@ -205,8 +217,27 @@ def run_bench(opts: BenchOptions, console: Any = None) -> list[dict[str, Any]]:
                     if console is not None:
                         console.print(f"[dim]{group.name}, round {r + 1}/{opts.repeats}: "
                                       f"{config}[/]")  # fmt: skip
-                    runs[config].append(_run_worker(config, opts, model, group, work))
-            results += _summarise(runs, group)
+                    if config in failed:
+                        continue
+                    try:
+                        runs[config].append(_run_worker(config, opts, model, group, work))
+                    except WorkerFailed as err:  # recorded in the results, printed, exit 1
+                        failed[config] = str(err)
+                        if console is not None:
+                            console.print(
+                                f"[red]{escape(str(err))}[/]\n" + escape("\n".join(err.tail))
+                            )
+            results += _summarise({c: r for c, r in runs.items() if c not in failed}, group)
+            results += [
+                {
+                    "config": c,
+                    "group": group.name,
+                    "max_length": group.max_length,
+                    "vocab_size": group.vocab_size,
+                    "error": e,
+                }
+                for c, e in failed.items()
+            ]
     if console is not None:
         console.print(results_table(results, opts, choice.describe()))
     return results
@@ -285,8 +316,11 @@ def results_table(results: list[dict[str, Any]], opts: BenchOptions, precision: 
                 "mem x TRL", "targets"):  # fmt: skip
         table.add_column(col, justify="left" if col in ("config", "targets") else "right")
     for r in results:
-        ratio, mem = r["ratio_to_trl"], r["memory_to_trl"]
         shape = f"{r['vocab_size'] or 'model'} x {r['max_length']}"
+        if "error" in r:
+            table.add_row(r["config"], shape, *["-"] * 6, f"[red]{escape(r['error'])}[/]")
+            continue
+        ratio, mem = r["ratio_to_trl"], r["memory_to_trl"]
         table.add_row(r["config"], shape, f"{r['median_step_s']:.2f}", f"{r['mean_step_s']:.2f}",
                       f"{r['tokens_per_s']:.0f}", f"{_peak(r):.0f}",
                       "-" if ratio is None else f"{ratio:.2f}",
@@ -300,15 +334,24 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     lines = [f"| config | vocab x tokens | median s/step | mean s/step | tokens/s | {memory} | "
              "x TRL time | x TRL memory | targets |", "|---" * 9 + "|"]  # fmt: skip
     for r in results:
+        if "error" in r:
+            shape = f"{r['vocab_size'] or 'model'} x {r['max_length']}"
+            lines.append(f"| {r['config']} | {shape} |" + " - |" * 6 + f" {r['error']} |")
+            continue
         marks = ", ".join(
             f"{w} <= {lim:g} {'met' if ok else 'MISSED'}" for w, lim, ok in targets(r)
         )
         lines.append(
             f"| {r['config']} | {r['vocab_size'] or 'model'} x {r['max_length']} | "
             f"{r['median_step_s']:.2f} | {r['mean_step_s']:.2f} | {r['tokens_per_s']:.0f} | "
-            f"{_peak(r):.0f} | {r['ratio_to_trl']:.2f} | {r['memory_to_trl']:.2f} | {marks} |"
+            f"{_peak(r):.0f} | {_ratio(r['ratio_to_trl'])} | {_ratio(r['memory_to_trl'])} | "
+            f"{marks} |"
         )
     return "\n".join(lines)
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def write_json(results: list[dict[str, Any]], path: Path) -> None:
