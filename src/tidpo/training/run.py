@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from rich.console import Console
 from rich.markup import escape
+from transformers import set_seed
 
 from tidpo.data import bundled_dataset
 from tidpo.fileio import check_output_path
@@ -112,6 +113,8 @@ def run_training(
         say(f"{escape(str(data_path))}: dropped {dropped} of {dropped + len(ds)} rows with no "
             f"response token left after truncation to max_length={cfg.max_length}",
             soft_wrap=True)  # fmt: skip
+    # Every process (and a run with any number of them) builds the same adapter.
+    set_seed(cfg.seed)
     model = load_causal_lm(
         model_path, dtype=torch.float32, trust_remote_code=opts.trust_remote_code
     )

@@ -41,7 +41,7 @@ from tidpo.training.forward import (
     token_logps,
 )
 
-__all__ = ["SHARDINGS", "StepModel", "fsdp_on_cpu", "unwrap_step_model"]
+__all__ = ["SHARDINGS", "StepModel", "fsdp_on_cpu", "sync_from_main", "unwrap_step_model"]
 
 SHARDINGS = ("ddp", "fsdp2", "zero3")
 """``--sharding``: plain data parallelism, PyTorch FSDP2, DeepSpeed ZeRO stage 3."""
@@ -117,6 +117,22 @@ def unwrap_step_model(model: nn.Module) -> nn.Module:
 def _world_size() -> int:
     dist = torch.distributed
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def sync_from_main(model: nn.Module, device: torch.device) -> None:
+    """Give every process the main process's weights and buffers, before sharding.
+
+    DDP broadcasts rank 0's module state when it wraps a model; FSDP2's ``fully_shard`` does not:
+    each process keeps its own copy's slice, so weights that differ between processes (a LoRA
+    adapter initialised from each process's random state) would become a mix of them. One
+    broadcast per tensor, once (through ``device``: NCCL needs GPU tensors)."""
+    if _world_size() < 2:
+        return
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            shared = t.data.to(device)
+            torch.distributed.broadcast(shared, src=0)
+            t.data.copy_(shared)
 
 
 def register_zero3_head(step: StepModel) -> None:

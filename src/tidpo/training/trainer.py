@@ -37,7 +37,7 @@ from tidpo.training.forward import (
 from tidpo.training.objective import StepTensors, step_loss, weight_span_mask
 from tidpo.training.prepare import prepare_dataset
 from tidpo.training.reference import ReferenceCache, frozen_copy, shared_cache
-from tidpo.training.sharding import StepModel, fsdp_on_cpu, unwrap_step_model
+from tidpo.training.sharding import StepModel, fsdp_on_cpu, sync_from_main, unwrap_step_model
 
 __all__ = ["MetricsFileCallback", "NonFiniteLossError", "TIDPOTrainer", "prepare_dataset"]
 
@@ -128,6 +128,7 @@ class TIDPOTrainer(Trainer):
         # weight access of a step (docs/scale-out.md); DDP and one process wrap the model itself.
         self.sharded = bool(self.is_fsdp_enabled or self.is_deepspeed_enabled)
         if self.sharded:
+            sync_from_main(model, self.args.device)  # as DDP does; fully_shard does not
             self.model = self.model_wrapped = StepModel(model)
             if self.anchor_sampler is not None:  # every process joins each synced generate
                 self.anchor_sampler.any_stale = self._any_process
