@@ -101,16 +101,21 @@ def _run(model_dir: str, data: str, out: Path, batch: int, tag: str, spec: str) 
     finally:
         trainer_module.step_loss = real_step_loss  # type: ignore[assignment]
     acc = trainer.accelerator
-    if trainer.sharded:  # FSDP2: the full weights, gathered (to the main process)
-        full = acc.get_state_dict(trainer.model)
-        weights = {k.removeprefix("lm."): v.detach().contiguous().clone() for k, v in full.items()}
+    if trainer.sharded:  # FSDP2, ZeRO-3: the full weights, gathered (to the main process)
+        full = acc.get_state_dict(
+            trainer.model_wrapped if acc.state.deepspeed_plugin else trainer.model
+        )
+        weights = {
+            k.removeprefix("lm."): v.detach().contiguous().clone() for k, v in (full or {}).items()
+        }
     else:
         weights = {
             k: v.detach().contiguous().clone() for k, v in trainer.model.state_dict().items()
         }
+    # this process's slice: a DTensor's local shard (FSDP2), a ZeRO-3 partition (ds_tensor)
     local = [
-        getattr(p, "_local_tensor", p) for p in trainer.model.parameters()
-    ]  # a DTensor's shard
+        getattr(p, "ds_tensor", getattr(p, "_local_tensor", p)) for p in trainer.model.parameters()
+    ]
     opt_state = [
         t
         for st in trainer.optimizer.state.values()

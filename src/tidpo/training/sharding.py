@@ -26,14 +26,17 @@ would silently fall back to DDP; on GPUs nothing is changed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from tidpo import functional as F
 from tidpo.errors import TidpoError
 from tidpo.training.forward import (
+    attribution_target,
     head_agrees,
     output_head,
     reference_logps,
@@ -41,7 +44,8 @@ from tidpo.training.forward import (
     token_logps,
 )
 
-__all__ = ["SHARDINGS", "StepModel", "fsdp_on_cpu", "sync_from_main", "unwrap_step_model"]
+__all__ = ["SHARDINGS", "StepModel", "fsdp_on_cpu", "gathered", "register_zero3_head",
+           "sync_from_main", "unwrap_step_model"]  # fmt: skip
 
 SHARDINGS = ("ddp", "fsdp2", "zero3")
 """``--sharding``: plain data parallelism, PyTorch FSDP2, DeepSpeed ZeRO stage 3."""
@@ -70,6 +74,7 @@ class StepModel(nn.Module):
         *,
         task: str = "policy",
         attribute: bool = False,
+        attribution: str | None = None,
         full_logits: bool = False,
         fused: bool = True,
         check_head: bool = False,
@@ -77,7 +82,14 @@ class StepModel(nn.Module):
     ) -> Any:
         """``policy``: ``embeds``, ``logits`` (each row's last real position on the fused path,
         marked by ``keep``, else all positions) and ``logps`` (per-token log-probs ``[N, L-1]``
-        where ``mask`` is 1), plus ``agrees`` (`head_agrees`) with ``check_head``.
+        where ``mask`` is 1), plus ``agrees`` (`head_agrees`) with ``check_head``. ``attribute``
+        makes ``embeds`` differentiable; ``attribution`` (the target: ``max_logit`` or
+        ``response_logprob``) also returns ``scores``, the attribution of Eq. 5-6 taken here
+        from the forward's graph. ZeRO-3 needs that: it hands the module's outputs back through
+        identity functions, so a gradient to the returned ``embeds`` would find them unused.
+        FSDP2 needs the opposite (its decoder layers are resharded after their forward and
+        gathered again for a backward only once the root forward has returned), so there the
+        trainer takes the gradient to the returned ``embeds``.
         ``reference``: ``logps`` (and ``logits`` with ``full_logits``) of the model with its
         adapter off, without gradient. ``generate``: ``self.lm.generate(...)``, with every
         process running the same number of forwards (``synced_gpus``)."""
@@ -95,8 +107,11 @@ class StepModel(nn.Module):
             raise ValueError(f"unknown task {task!r}")
         fwd = run_forward(self.lm, input_ids, attention_mask, attribute=attribute,
                           full_logits=full_logits, head=head)  # fmt: skip
-        out = {"embeds": fwd.embeds, "logits": fwd.logits,
-               "logps": token_logps(fwd, input_ids, mask)}  # fmt: skip
+        logps = token_logps(fwd, input_ids, mask)
+        out = {"embeds": fwd.embeds, "logits": fwd.logits, "logps": logps}
+        if attribution is not None:
+            target = attribution_target(fwd, logps, attention_mask, attribution)
+            out["scores"] = F.attribution_from_graph(target, fwd.embeds, attention_mask)
         if fwd.keep is not None:
             out["keep"] = fwd.keep
         if check_head:
@@ -135,15 +150,30 @@ def sync_from_main(model: nn.Module, device: torch.device) -> None:
             t.data.copy_(shared)
 
 
+def gathered(model: nn.Module) -> contextlib.AbstractContextManager[Any]:
+    """ZeRO-3: the full weights of ``model`` for the duration of the block, read-only
+    (``deepspeed.zero.GatheredParameters``); a no-op for a model whose weights are whole.
+
+    transformers loads a model under ``deepspeed.zero.Init`` once a ZeRO-3 config exists, so its
+    weights are partitioned before the trainer sees it: the frozen reference is copied inside
+    this block (one full copy per process)."""
+    params = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not params:
+        return contextlib.nullcontext()
+    import deepspeed  # type: ignore[import-not-found,unused-ignore]
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
 def register_zero3_head(step: StepModel) -> None:
     """ZeRO-3: fetch the output head's weight for the wrapper's whole forward and backward (the
     fused head reads it outside ``lm_head``); no-op without a plain linear head."""
     head = output_head(step.lm)
     if head is None:
         return
-    from deepspeed.zero import register_external_parameter
+    import deepspeed  # type: ignore[import-not-found,unused-ignore]
 
-    register_external_parameter(step, head.weight)
+    deepspeed.zero.register_external_parameter(step, head.weight)
 
 
 def fsdp_on_cpu(accelerator: Any, plugin_args: dict[str, Any] | None) -> bool:

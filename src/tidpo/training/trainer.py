@@ -28,6 +28,7 @@ from tidpo.training.callbacks import MetricsFileCallback, NonFiniteGuard, NonFin
 from tidpo.training.config import TIDPOConfig
 from tidpo.training.forward import (
     Forward,
+    attribution_target,
     head_agrees,
     output_head,
     reference_logps,
@@ -37,7 +38,14 @@ from tidpo.training.forward import (
 from tidpo.training.objective import StepTensors, step_loss, weight_span_mask
 from tidpo.training.prepare import prepare_dataset
 from tidpo.training.reference import ReferenceCache, frozen_copy, shared_cache
-from tidpo.training.sharding import StepModel, fsdp_on_cpu, sync_from_main, unwrap_step_model
+from tidpo.training.sharding import (
+    StepModel,
+    fsdp_on_cpu,
+    gathered,
+    register_zero3_head,
+    sync_from_main,
+    unwrap_step_model,
+)
 
 __all__ = ["MetricsFileCallback", "NonFiniteLossError", "TIDPOTrainer", "prepare_dataset"]
 
@@ -130,6 +138,8 @@ class TIDPOTrainer(Trainer):
         if self.sharded:
             sync_from_main(model, self.args.device)  # as DDP does; fully_shard does not
             self.model = self.model_wrapped = StepModel(model)
+            if self.is_deepspeed_enabled:  # the fused head reads its weight outside lm_head
+                register_zero3_head(self.model)
             if self.anchor_sampler is not None:  # every process joins each synced generate
                 self.anchor_sampler.any_stale = self._any_process
 
@@ -159,7 +169,8 @@ class TIDPOTrainer(Trainer):
         if ref_model is None and not self.is_peft:
             # Its forwards all run under autocast_context: store the linears cast once.
             lowp = {"bf16": torch.bfloat16, "fp16": torch.float16}
-            ref_model = frozen_copy(policy, lowp.get(str(self.accelerator.mixed_precision)))
+            with gathered(policy):  # ZeRO-3 loaded it partitioned: copy the full weights
+                ref_model = frozen_copy(policy, lowp.get(str(self.accelerator.mixed_precision)))
         if ref_model is not None:
             ref_model.eval()
             for p in ref_model.parameters():
@@ -222,21 +233,24 @@ class TIDPOTrainer(Trainer):
             return reference_logps(live, ids, am, span, self.ref_model is None, need_logits, fused)
 
     def _forward(self, model: nn.Module, ids: Tensor, am: Tensor, mask: Tensor, attribute: bool,
-                 full_logits: bool) -> tuple[Forward, Tensor]:  # fmt: skip
+                 full_logits: bool) -> tuple[Forward, Tensor, Tensor | None]:  # fmt: skip
         """One policy forward (`tidpo.training.forward.run_forward`) and its per-token log-probs
         where ``mask`` is 1: the fused path when the model's head is a plain linear map (checked
-        once against the model's own logits). Sharded, all of it runs in `StepModel`'s forward."""
+        once against the model's own logits). Sharded, all of it runs in `StepModel`'s forward,
+        under ZeRO-3 the attribution scores (``attribute``) included; else they are None here
+        (taken later from the same graph)."""
         unwrapped: Any = unwrap_step_model(self.accelerator.unwrap_model(model))
         if self._fused is None:
             self._fused = output_head(unwrapped) is not None
         check = not self._fused_checked and self._fused and not full_logits
         if self.sharded:
+            # ZeRO-3: the attribution inside the forward; FSDP2: from the returned embeddings
+            inside = attribute and self.is_deepspeed_enabled
             out = model(ids, am, mask, attribute=attribute, full_logits=full_logits,
-                        fused=self._fused, check_head=check)  # fmt: skip
-            fwd, logps = (
-                Forward(out["embeds"], None, out["logits"], None, out.get("keep")),
-                out["logps"],
-            )
+                        fused=self._fused, check_head=check,
+                        attribution=self.args.attribution_target if inside else None)  # fmt: skip
+            fwd = Forward(out["embeds"], None, out["logits"], None, out.get("keep"))
+            logps, scores = out["logps"], out.get("scores")
             # every process takes the same path: the check is agreed on by all of them
             agrees = not check or not self._any_process(not bool(out["agrees"]))
         else:
@@ -244,25 +258,13 @@ class TIDPOTrainer(Trainer):
             fwd = run_forward(model, ids, am, attribute=attribute, full_logits=full_logits,
                               head=head, embed_from=unwrapped)  # fmt: skip
             agrees, logps = not check or head_agrees(fwd), token_logps(fwd, ids, mask)
+            scores = None
         if check:
             self._fused_checked = True
             if not agrees:
                 self._fused = False
                 return self._forward(model, ids, am, mask, attribute, full_logits)
-        return fwd, logps
-
-    def _attribution_target(self, fwd: Forward, pair_lp: Tensor, am: Tensor) -> Tensor:
-        """The per-row target whose gradient to the embeddings is the attribution (Eq. 5-6).
-
-        ``max_logit`` (the paper): the largest logit at each row's last real position (on the
-        fused path the forward projected those positions only). ``response_logprob``: the row's
-        summed response log-probability, which does not single out the last position.
-        """
-        if self.args.attribution_target == "response_logprob":
-            return pair_lp.sum(-1)
-        if fwd.keep is not None:  # the fused path projected each row's last position only
-            return fwd.logits.max(-1).values
-        return F.last_token_max_logit(fwd.logits, am)
+        return fwd, logps, scores
 
     # ---------------------------------------------------------------------------------- step
     def compute_loss(
@@ -293,8 +295,8 @@ class TIDPOTrainer(Trainer):
                 anchors = (inputs["anchor_input_ids"], inputs["anchor_attention_mask"],
                            inputs["anchor_response_mask"])  # fmt: skip
             # Chosen and rejected rows: one forward (attribution reuses its graph below).
-            fwd, pair_lp = self._forward(model, ids, am, response, cfg.needs_attribution,
-                                         need_logits)  # fmt: skip
+            fwd, pair_lp, scores = self._forward(model, ids, am, response, cfg.needs_attribution,
+                                                 need_logits)  # fmt: skip
             policy_lp = pair_lp
             if cfg.uses_reference:
                 ref_lp, ref_logits = self._reference_logps(model, ids, am, response, rows,
@@ -309,10 +311,9 @@ class TIDPOTrainer(Trainer):
                 policy_lp, response = _stack(policy_lp, a_lp), _stack(response, a_resp)
                 if ref_lp is not None:
                     ref_lp = _stack(ref_lp, self._reference_logps(model, a_ids, a_am, a_resp)[0])
-        scores = None
-        if cfg.needs_attribution:
-            scores = F.attribution_from_graph(self._attribution_target(fwd, pair_lp, am),
-                                              fwd.embeds, am)  # fmt: skip
+        if cfg.needs_attribution and scores is None:
+            target = attribution_target(fwd, pair_lp, am, cfg.attribution_target)
+            scores = F.attribution_from_graph(target, fwd.embeds, am)
         gen = None
         if cfg.loss == "tidpo" and cfg.weighting == "random":
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.state.global_step)
@@ -327,11 +328,10 @@ class TIDPOTrainer(Trainer):
             # parameter (so DDP's reducer is satisfied), then the guard drops the gradients.
             self.guard.bad_in_step = True
             metrics = {}
-            if self.sharded:  # through the forwards' graph: every process runs the same
-                # gather/reduce-scatter collectives in its backward (NaN grads are dropped)
-                loss = (
-                    torch.nan_to_num(policy_lp).sum() + torch.nan_to_num(fwd.logits).sum()
-                ) * 0.0
+            if self.sharded:  # through the log-probs, as the real loss: every process runs the
+                # same gather/reduce-scatter collectives in its backward (ZeRO-3 hooks each
+                # module whose output takes a gradient; NaN gradients are dropped by the guard)
+                loss = torch.nan_to_num(policy_lp).sum() * 0.0
             else:
                 loss = sum((p.reshape(-1)[0] for p in model.parameters() if p.requires_grad),
                            torch.zeros((), device=ids.device)) * 0.0  # fmt: skip
