@@ -47,9 +47,8 @@ CONFIGS = {
 }
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("fsdp-data") / "prefs.jsonl"
+def write_data(path: Path) -> Path:
+    """The 8 preference rows (with anchors) the multi-process tests train on, as JSONL."""
     rows = []
     for i in range(8):
         prompt, chosen, rejected, anchor = PAIRS[i % len(PAIRS)]
@@ -57,6 +56,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
                      "anchor": anchor})  # fmt: skip
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_data(tmp_path_factory.mktemp("fsdp-data") / "prefs.jsonl")
 
 
 @pytest.fixture(scope="module")
