@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -181,25 +183,33 @@ def test_fsdp2_kill_then_resume_gives_the_uninterrupted_weights(
                           env=env, timeout=400, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
-    victim = subprocess.Popen([*train, "--output-dir", str(killed)], **quiet,  # type: ignore[call-overload]
-                              start_new_session=True)  # fmt: skip
+    victim = subprocess.Popen([*train, "--output-dir", str(killed)], **quiet)  # type: ignore[call-overload]
+    tree: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 300
         while victim.poll() is None and time.monotonic() < deadline:
             if any(step >= 2 for step in _complete_checkpoints(killed)):
-                os.killpg(victim.pid, signal.SIGKILL)  # the launcher and both workers
+                # the tidpo process, the launcher and both workers (torchrun puts the workers
+                # in sessions of their own: killing a process group would leave them running)
+                tree = [psutil.Process(victim.pid), *psutil.Process(victim.pid).children(True)]
+                for proc in tree:
+                    proc.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.02)
         victim.wait(timeout=60)
+        psutil.wait_procs(tree, timeout=60)
     finally:
         if victim.poll() is None:
-            os.killpg(victim.pid, signal.SIGKILL)
+            victim.kill()
     assert victim.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert not (killed / "model").exists()
+    assert len(tree) >= 4 and not any(p.is_running() for p in tree)
+    assert not (killed / "model").exists() and max(_complete_checkpoints(killed)) < 4
     resumed = subprocess.run([*train, "--output-dir", str(killed), "--resume"], env=env,
                              capture_output=True, text=True, timeout=400, check=False)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stdout
+    said = resumed.stdout.replace("\n", "")  # the console wraps long lines
+    step = re.search(r"resuming from \S*checkpoint-(\d+)", said)
+    assert step is not None and int(step.group(1)) < 4, resumed.stdout
     a = AutoModelForCausalLM.from_pretrained(killed / "model").state_dict()
     b = AutoModelForCausalLM.from_pretrained(full / "model").state_dict()
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()

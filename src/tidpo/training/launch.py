@@ -110,7 +110,8 @@ def relaunch(
     load_preferences(data_path, columns=opts.columns)
     env = dict(os.environ)
     if not torch.cuda.is_available():
-        env["ACCELERATE_USE_CPU"] = "true"
+        if sharding != "zero3":  # DeepSpeed brings its own CPU accelerator; use_cpu turns it off
+            env["ACCELERATE_USE_CPU"] = "true"
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
     cmd = launch_command(num_processes, train_args, sharding)
     try:

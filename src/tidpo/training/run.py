@@ -152,6 +152,11 @@ def run_training(
         return load_causal_lm(model_path, dtype=torch.float32, device=cfg.device,
                               trust_remote_code=opts.trust_remote_code)  # fmt: skip
 
+    if trainer.is_deepspeed_enabled:  # from here models load on the main process alone: not
+        # partitioned (a ZeRO-3 config makes from_pretrained a collective)
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
     _save_final(trainer, opts, tokenizer, out / "model", main, load_base)
     if main and hooks is not None and hooks.after is not None:
         final: Any = trainer.accelerator.unwrap_model(trainer.model)
