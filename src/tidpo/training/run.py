@@ -164,6 +164,9 @@ def run_training(
             final = load_causal_lm(out / "model", dtype=torch.float32, device=cfg.device)
         hooks.after(final, load_base, tokenizer)
     say(f"[green]done[/]: {escape(str(out))}")
+    if cfg.world_size > 1:  # leave the process group before exiting: a process that exits
+        # while it is still set up can abort in gloo's teardown (seen under FSDP2 on a CPU)
+        trainer.accelerator.end_training()
     return out
 
 
