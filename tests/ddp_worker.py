@@ -8,13 +8,15 @@ to ``<out>/<tag>.safetensors``.
 
 Usage: ddp_worker.py MODEL_DIR DATA.jsonl OUT_DIR BATCH TAG:FIELD=VALUE,FIELD=VALUE [TAG:... ...]
 (for instance ``tidpo:loss=tidpo,anchor_source=column``; values are read as JSON when they parse;
-``nan_on_rank0_at_call=K`` makes rank 0's K-th loss non-finite).
+``nan_on_rank0_at_call=K`` makes rank 0's K-th loss non-finite; ``lora=R`` trains a LoRA adapter
+of rank R). Under FSDP2 (tests/test_fsdp.py) the weights written are the gathered full ones.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,10 +56,24 @@ def _run(model_dir: str, data: str, out: Path, batch: int, tag: str, spec: str) 
         bf16=False,
     )
     nan_at = int(overrides.pop("nan_on_rank0_at_call", 0))  # fault injection, not a config field
+    lora = int(overrides.pop("lora", 0))
     values.update(overrides)
     cfg = TIDPOConfig(**values)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=lora,
+                lora_alpha=2 * lora,
+                lora_dropout=0.0,
+                target_modules="all-linear",
+                task_type="CAUSAL_LM",
+            ),
+        )
     trainer = TIDPOTrainer(
         model=model, args=cfg, train_dataset=load_preferences(data), processing_class=tok
     )
@@ -85,7 +101,27 @@ def _run(model_dir: str, data: str, out: Path, batch: int, tag: str, spec: str) 
     finally:
         trainer_module.step_loss = real_step_loss  # type: ignore[assignment]
     acc = trainer.accelerator
-    weights = {k: v.detach().contiguous().clone() for k, v in trainer.model.state_dict().items()}
+    if trainer.sharded:  # FSDP2, ZeRO-3: the full weights, gathered (to the main process)
+        full = acc.get_state_dict(
+            trainer.model_wrapped if acc.state.deepspeed_plugin else trainer.model
+        )
+        weights = {
+            k.removeprefix("lm."): v.detach().contiguous().clone() for k, v in (full or {}).items()
+        }
+    else:
+        weights = {
+            k: v.detach().contiguous().clone() for k, v in trainer.model.state_dict().items()
+        }
+    # this process's slice: a DTensor's local shard (FSDP2), a ZeRO-3 partition (ds_tensor)
+    local = [
+        getattr(p, "ds_tensor", getattr(p, "_local_tensor", p)) for p in trainer.model.parameters()
+    ]
+    opt_state = [
+        t
+        for st in trainer.optimizer.state.values()
+        for t in st.values()
+        if isinstance(t, torch.Tensor)
+    ]
     record = {
         "rank": acc.process_index,
         "world_size": acc.num_processes,
@@ -96,6 +132,15 @@ def _run(model_dir: str, data: str, out: Path, batch: int, tag: str, spec: str) 
             trainer.anchor_sampler.generated_rows if trainer.anchor_sampler is not None else 0
         ),
         "weight_sum": float(sum(float(v.double().sum()) for v in weights.values())),
+        "sharded": trainer.sharded,
+        "skipped_steps": trainer.guard.skipped,
+        # memory held by this process: its weights (its shard under FSDP2) and optimiser state,
+        # and the peak resident set size of the whole process
+        "param_bytes": sum(t.numel() * t.element_size() for t in local),
+        "optimizer_state_bytes": sum(
+            getattr(t, "_local_tensor", t).numel() * t.element_size() for t in opt_state
+        ),
+        "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }
     (out / f"{tag}.rank{acc.process_index}.json").write_text(json.dumps(record))
     if acc.is_main_process:

@@ -153,6 +153,13 @@ def train_command(
         int | None,
         typer.Option(help="Data-parallel processes: re-launches itself via accelerate launch."),
     ] = None,
+    sharding: Annotated[
+        str,
+        typer.Option(
+            help="With --num-processes: ddp (full weights on each process) | fsdp2 | zero3 "
+            "(weights, gradients and optimiser state sharded; docs/scale-out.md)."
+        ),
+    ] = "ddp",
     dry_run: Annotated[
         bool,
         typer.Option(help="Check the settings, paths, model folder and data, then stop."),
@@ -182,10 +189,15 @@ def train_command(
             console.print(note, highlight=False, markup=False, soft_wrap=True)
         if num_processes is not None and num_processes < 1:
             raise TidpoError(f"--num-processes: must be >= 1; got {num_processes}")
+        if sharding not in ("ddp", "fsdp2", "zero3"):
+            raise TidpoError(f"--sharding: must be one of ddp, fsdp2, zero3; got {sharding!r}")
+        if sharding != "ddp" and (num_processes or 1) < 2 and not in_launched_process():
+            raise TidpoError(f"--sharding {sharding}: needs --num-processes 2 or more")
         if dry_run:
             _dry_run(opts, console)
             return
         if num_processes and num_processes > 1 and not in_launched_process():
-            relaunch(opts, num_processes, rebuild_argv(ctx, {"num_processes"}))
+            relaunch(opts, num_processes, rebuild_argv(ctx, {"num_processes", "sharding"}),
+                     sharding)  # fmt: skip
         else:
             run_training(opts, console, _hooks(opts, console))

@@ -7,6 +7,7 @@ is kept for ``refresh_steps`` optimiser steps (keyed by its dataset and row), so
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torch import Tensor, nn
@@ -38,6 +39,10 @@ class AnchorSampler:
     from_: str = "prompt"
     cache: dict[tuple[int, int], tuple[int, list[int]]] = field(default_factory=dict)
     generated_rows: int = 0
+    any_stale: Callable[[bool], bool] | None = None
+    """Sharded training: whether any process has stale rows (a collective). Every process then
+    joins the ``generate`` call (``synced_gpus``), one with no stale row of its own on its first
+    row, whose sample it drops."""
 
     def _contexts(self, batch: dict[str, Tensor]) -> tuple[list[list[int]], list[list[int]]]:
         """Per row: the prompt ids and the prefix of the response the anchor continues."""
@@ -71,8 +76,10 @@ class AnchorSampler:
             if k is None or k not in self.cache or step - self.cache[k][0] >= self.refresh_steps
         ]
         fresh: dict[int, list[int]] = {}
-        if stale:
-            out = generate(model, [prompts[i] + prefixes[i] for i in stale], self.pad_token_id,
+        joins = bool(stale) if self.any_stale is None else self.any_stale(bool(stale))
+        if joins:
+            todo = stale or [0]
+            out = generate(model, [prompts[i] + prefixes[i] for i in todo], self.pad_token_id,
                            self.eos_token_ids, max_new_tokens=self.sampling.max_new_tokens,
                            sampling=self.sampling.generate_kwargs)  # fmt: skip
             for j, i in enumerate(stale):

@@ -70,13 +70,21 @@ class NonFiniteGuard(TrainerCallback):
         if not bad:
             self.in_a_row = 0
             return
+        ckpts = sorted(Path(str(args.output_dir)).glob("checkpoint-*"))
+        last = f"last checkpoint {ckpts[-1]}" if ckpts else "no checkpoint was saved yet"
+        if getattr(self.trainer, "is_deepspeed_enabled", False):
+            # accelerate's backward has already stepped the DeepSpeed engine (which skips only
+            # fp16 overflows): the step cannot be dropped, so the run stops instead.
+            raise NonFiniteLossError(
+                f"non-finite loss at step {state.global_step + 1} under DeepSpeed, which has "
+                f"already applied the step; stopping ({last}). Lower the learning rate or "
+                "check the data, then resume."
+            )
         self.in_a_row += 1
         self.skipped += 1
         model: Any = self.trainer.model
         model.zero_grad(set_to_none=True)
         if self.in_a_row >= self.limit:
-            ckpts = sorted(Path(str(args.output_dir)).glob("checkpoint-*"))
-            last = f"last checkpoint {ckpts[-1]}" if ckpts else "no checkpoint was saved yet"
             raise NonFiniteLossError(
                 f"{self.in_a_row} non-finite losses in a row at step {state.global_step + 1}; "
                 f"stopping ({last}). Lower the learning rate or check the data."

@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from tidpo import functional as F
 
-__all__ = ["Forward", "head_agrees", "output_head", "reference_logps", "run_forward",
-           "token_logps"]  # fmt: skip
+__all__ = ["Forward", "attribution_target", "head_agrees", "output_head", "reference_logps",
+           "run_forward", "token_logps"]  # fmt: skip
 
 # Config fields that make logits more than ``lm_head(hidden)`` (softcapping, scaling).
 _HEAD_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier",
@@ -115,6 +115,21 @@ def token_logps(fwd: Forward, ids: Tensor, mask: Tensor) -> Tensor:
         return F.per_token_logps(fwd.logits[:, :-1], ids[:, 1:], mask)
     assert fwd.hidden is not None
     return F.lm_head_logps(fwd.hidden[:, :-1], fwd.head.weight, ids[:, 1:], mask, fwd.head.bias)
+
+
+def attribution_target(fwd: Forward, logps: Tensor, am: Tensor, kind: str) -> Tensor:
+    """The per-row target whose gradient to the embeddings is the attribution (Eq. 5-6).
+
+    ``max_logit`` (the paper): the largest logit at each row's last real position (on the fused
+    path the forward projected those positions only). ``response_logprob``: the row's summed
+    response log-probability (``logps``: `token_logps` of this forward), which does not single
+    out the last position.
+    """
+    if kind == "response_logprob":
+        return logps.sum(-1)
+    if fwd.keep is not None:  # the fused path projected each row's last position only
+        return fwd.logits.max(-1).values
+    return F.last_token_max_logit(fwd.logits, am)
 
 
 def reference_logps(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,14 @@ from tidpo.data.collate import response_aligned
 from tidpo.fileio import write_atomic
 from tidpo.training.forward import reference_logps
 
-__all__ = ["ReferenceCache", "data_fingerprint", "frozen_copy", "model_fingerprint"]
+__all__ = [
+    "ReferenceCache",
+    "data_fingerprint",
+    "frozen_copy",
+    "model_fingerprint",
+    "score_rows",
+    "shared_cache",
+]
 
 
 def frozen_copy(model: nn.Module, linear_dtype: torch.dtype | None = None) -> nn.Module:
@@ -71,6 +78,29 @@ def data_fingerprint(rows: Iterable[dict[str, Any]], extra: str = "") -> str:
     return h.hexdigest()[:16]
 
 
+def score_rows(
+    model: nn.Module,
+    batches: Iterable[dict[str, Tensor]],
+    disable_adapter: bool = False,
+    fused: bool = False,
+) -> dict[int, tuple[Tensor, Tensor]]:
+    """Reference log-probs of the batches' rows, without gradient: ``{idx: (chosen, rejected)}``,
+    each the row's response-token values (CPU). Several processes may each score a share of the
+    batches; the merged dict makes the cache (`ReferenceCache.from_rows`)."""
+    device = next(model.parameters()).device
+    chunks: dict[int, tuple[Tensor, Tensor]] = {}
+    for batch in batches:
+        ids = batch["input_ids"].to(device)
+        am = batch["attention_mask"].to(device)
+        mask = batch["response_mask"][:, 1:].to(device)
+        logps, _ = reference_logps(model, ids, am, mask, disable_adapter, fused=fused)
+        aligned, amask = response_aligned(logps.cpu(), mask.cpu())
+        b = ids.shape[0] // 2
+        for j, i in enumerate(batch["idx"].tolist()):
+            chunks[i] = (aligned[j][amask[j]], aligned[b + j][amask[b + j]])
+    return chunks
+
+
 class ReferenceCache:
     """Per-token reference log-probs of chosen and rejected responses, stored as safetensors.
 
@@ -97,17 +127,11 @@ class ReferenceCache:
         ``fused`` as in `tidpo.training.forward.reference_logps` (the trainer scores live rows the
         same way).
         """
-        device = next(model.parameters()).device
-        chunks: dict[int, tuple[Tensor, Tensor]] = {}
-        for batch in batches:
-            ids = batch["input_ids"].to(device)
-            am = batch["attention_mask"].to(device)
-            mask = batch["response_mask"][:, 1:].to(device)
-            logps, _ = reference_logps(model, ids, am, mask, disable_adapter, fused=fused)
-            aligned, amask = response_aligned(logps.cpu(), mask.cpu())
-            b = ids.shape[0] // 2
-            for j, i in enumerate(batch["idx"].tolist()):
-                chunks[i] = (aligned[j][amask[j]], aligned[b + j][amask[b + j]])
+        return cls.from_rows(score_rows(model, batches, disable_adapter, fused), n_rows)
+
+    @classmethod
+    def from_rows(cls, chunks: dict[int, tuple[Tensor, Tensor]], n_rows: int) -> ReferenceCache:
+        """The cache from `score_rows`' output (possibly merged from several processes)."""
         if len(chunks) != n_rows:
             raise RuntimeError(f"reference cache covers {len(chunks)} of {n_rows} rows")
         rows = [chunks[i][0] for i in range(n_rows)] + [chunks[i][1] for i in range(n_rows)]
@@ -136,3 +160,39 @@ class ReferenceCache:
         out = torch.zeros(mask.shape, dtype=torch.float32)
         out[mask.bool().cpu()] = flat
         return out.to(mask.device)
+
+
+def shared_cache(
+    accelerator: Any,
+    source: nn.Module,
+    rows: Sequence[dict[str, Any]],
+    batches: Iterable[dict[str, Tensor]],
+    extra: str,
+    disable_adapter: bool = False,
+) -> ReferenceCache:
+    """The reference cache of ``rows`` (a tokenized dataset, laid out in ``batches``), shared by
+    every process of a run: read from its file when every process sees it, else each process
+    scores every ``num_processes``-th batch (the same batches as one process would, so the same
+    numbers), the shares are gathered, and only the main process writes the file (atomically).
+
+    The file lives under ``$TIDPO_CACHE/ref-logps/``, keyed by the model's and the data's
+    fingerprints plus ``extra`` (settings that change the values: length, precision).
+    """
+    from accelerate.utils import gather_object
+
+    from tidpo.training.models import cache_dir
+
+    key = f"{model_fingerprint(source)}-{data_fingerprint(rows, extra)}"
+    path = cache_dir() / "ref-logps" / f"{key}.safetensors"
+    n, rank = accelerator.num_processes, accelerator.process_index
+    if all(gather_object([path.exists()])):
+        return ReferenceCache.load(path)
+    mine = [b for i, b in enumerate(batches) if i % n == rank]
+    scored = score_rows(source, mine, disable_adapter, fused=True)
+    if n > 1:
+        scored = {k: v for part in gather_object([scored]) for k, v in part.items()}
+    cache = ReferenceCache.from_rows(scored, len(rows))
+    if accelerator.is_main_process:
+        cache.save(path)
+    accelerator.wait_for_everyone()
+    return cache

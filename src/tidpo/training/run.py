@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from rich.console import Console
 from rich.markup import escape
+from transformers import set_seed
 
 from tidpo.data import bundled_dataset
 from tidpo.fileio import check_output_path
@@ -112,15 +113,13 @@ def run_training(
         say(f"{escape(str(data_path))}: dropped {dropped} of {dropped + len(ds)} rows with no "
             f"response token left after truncation to max_length={cfg.max_length}",
             soft_wrap=True)  # fmt: skip
+    # Every process (and a run with any number of them) builds the same adapter.
+    set_seed(cfg.seed)
     model = load_causal_lm(
         model_path, dtype=torch.float32, trust_remote_code=opts.trust_remote_code
     )
     if opts.lora:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(r=opts.lora_r, lora_alpha=2 * opts.lora_r, lora_dropout=0.0,
-                          target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
-        model = get_peft_model(model, lora)  # type: ignore[assignment]
+        model = _with_lora(model, opts.lora_r)
     ref = None
     if cfg.ref_model:
         ref = load_causal_lm(resolve_model(cfg.ref_model), dtype=torch.float32,
@@ -148,16 +147,26 @@ def run_training(
     trainer.accelerator.wait_for_everyone()
     with write_errors(f"{out}: training stopped", out, main):
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    _save_final(trainer, opts, tokenizer, out / "model", main)
+
+    def load_base() -> Any:
+        return load_causal_lm(model_path, dtype=torch.float32, device=cfg.device,
+                              trust_remote_code=opts.trust_remote_code)  # fmt: skip
+
+    if trainer.is_deepspeed_enabled:  # from here models load on the main process alone: not
+        # partitioned (a ZeRO-3 config makes from_pretrained a collective)
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+    _save_final(trainer, opts, tokenizer, out / "model", main, load_base)
     if main and hooks is not None and hooks.after is not None:
         final: Any = trainer.accelerator.unwrap_model(trainer.model)
-
-        def load_base() -> Any:
-            return load_causal_lm(model_path, dtype=torch.float32, device=cfg.device,
-                                  trust_remote_code=opts.trust_remote_code)  # fmt: skip
-
+        if trainer.sharded:  # the sharded model runs only with every process: read model/ back
+            final = load_causal_lm(out / "model", dtype=torch.float32, device=cfg.device)
         hooks.after(final, load_base, tokenizer)
     say(f"[green]done[/]: {escape(str(out))}")
+    if cfg.world_size > 1:  # leave the process group before exiting: a process that exits
+        # while it is still set up can abort in gloo's teardown (seen under FSDP2 on a CPU)
+        trainer.accelerator.end_training()
     return out
 
 
@@ -185,16 +194,38 @@ def _quiet(*args: Any, **kwargs: Any) -> None:
     """`console.print` for the processes other than the main one."""
 
 
-def _save_final(
-    trainer: TIDPOTrainer, opts: RunOptions, tokenizer: Any, path: Path, main: bool
-) -> None:
-    """Save the final model (LoRA merged) from the main process; gather sharded weights first."""
+def _with_lora(model: Any, rank: int) -> Any:
+    """``model`` as a PEFT model with a fresh LoRA adapter of ``rank`` on every linear layer."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                      target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
+    return get_peft_model(model, lora)
+
+
+def _save_final(trainer: TIDPOTrainer, opts: RunOptions, tokenizer: Any, path: Path, main: bool,
+                load_base: Callable[[], Any]) -> None:  # fmt: skip
+    """Save the final model (LoRA merged) from the main process; gather sharded weights first.
+
+    Sharded (FSDP2 / ZeRO-3) the gathered weights are keyed as the `StepModel` holds them
+    (``lm.*``); with LoRA the main process loads the base model again, puts the trained adapter
+    on it and merges it there (a sharded model cannot merge in place).
+    """
     state_dict = None
     if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:  # ZeRO-3 / FSDP: collective
         wrapped = trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model
         state_dict = trainer.accelerator.get_state_dict(wrapped)
     if main:
         model: Any = trainer.accelerator.unwrap_model(trainer.model)
+        if trainer.sharded:
+            from tidpo.training.sharding import unwrap_step_model
+
+            model = unwrap_step_model(model)
+            state_dict = {k.removeprefix("lm."): v for k, v in (state_dict or {}).items()}
+            if opts.lora:
+                model = _with_lora(load_base(), opts.lora_r)
+                model.load_state_dict(state_dict)
+                state_dict = None
         final = model.merge_and_unload() if opts.lora else model
         save_model(final, tokenizer, path, state_dict)
     trainer.accelerator.wait_for_everyone()

@@ -21,13 +21,14 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 
 from tidpo import functional as F
-from tidpo.data import DataError, eos_token_ids, pad_token_id, tokenize_dataset
+from tidpo.data import eos_token_ids, pad_token_id
 from tidpo.data.collate import PreferenceCollator
 from tidpo.training.anchors import AnchorSampler
 from tidpo.training.callbacks import MetricsFileCallback, NonFiniteGuard, NonFiniteLossError
 from tidpo.training.config import TIDPOConfig
 from tidpo.training.forward import (
     Forward,
+    attribution_target,
     head_agrees,
     output_head,
     reference_logps,
@@ -35,36 +36,18 @@ from tidpo.training.forward import (
     token_logps,
 )
 from tidpo.training.objective import StepTensors, step_loss, weight_span_mask
-from tidpo.training.reference import ReferenceCache, frozen_copy
+from tidpo.training.prepare import prepare_dataset
+from tidpo.training.reference import ReferenceCache, frozen_copy, shared_cache
+from tidpo.training.sharding import (
+    StepModel,
+    fsdp_on_cpu,
+    gathered,
+    register_zero3_head,
+    sync_from_main,
+    unwrap_step_model,
+)
 
 __all__ = ["MetricsFileCallback", "NonFiniteLossError", "TIDPOTrainer", "prepare_dataset"]
-
-
-def prepare_dataset(
-    ds: Dataset, tokenizer: PreTrainedTokenizerBase, cfg: TIDPOConfig, dataset_id: int = 0
-) -> Dataset:
-    """Tokenize (unless already tokenized), number the rows (``idx``) and tag them with
-    ``dataset_id`` (0: training set, 1..: evaluation sets): the caches key rows by both."""
-    if "chosen_ids" not in ds.column_names:
-        ds, _ = tokenize_dataset(ds, tokenizer, cfg.max_length)
-    ds = ds.remove_columns([c for c in ("idx", "dataset_id") if c in ds.column_names])
-    ds = ds.add_column("idx", list(range(len(ds))))
-    ds = ds.add_column("dataset_id", [dataset_id] * len(ds))
-    needs_column = cfg.uses_triplet and cfg.anchor_source == "column"
-    if needs_column and (
-        "anchor_ids" not in ds.column_names or any(a is None for a in ds["anchor_ids"])
-    ):
-        raise DataError("anchor_source 'column' needs an 'anchor' value in every row")
-    if cfg.weighting == "column":
-        for key in ("chosen_token_weights", "rejected_token_weights"):
-            values = ds[key] if key in ds.column_names else [None]
-            if any(v is None for v in values):
-                field = key.replace("_token", "")
-                raise DataError(
-                    f"weighting 'column' needs \"{field}\" in every row (one number "
-                    "per response token or word; `tidpo weights` writes them)"
-                )
-    return ds
 
 
 def _disable_dropout(model: nn.Module) -> None:
@@ -149,6 +132,29 @@ class TIDPOTrainer(Trainer):
                 refresh_steps=args.anchor_refresh_steps,
                 from_=args.anchor_from,
             )
+        # FSDP2 / ZeRO-3 shard the weights: they wrap a `StepModel`, whose forward does every
+        # weight access of a step (docs/scale-out.md); DDP and one process wrap the model itself.
+        self.sharded = bool(self.is_fsdp_enabled or self.is_deepspeed_enabled)
+        if self.sharded:
+            sync_from_main(model, self.args.device)  # as DDP does; fully_shard does not
+            self.model = self.model_wrapped = StepModel(model)
+            if self.is_deepspeed_enabled:  # the fused head reads its weight outside lm_head
+                register_zero3_head(self.model)
+            if self.anchor_sampler is not None:  # every process joins each synced generate
+                self.anchor_sampler.any_stale = self._any_process
+
+    def create_accelerator_and_postprocess(self) -> None:
+        """The Trainer's accelerator; on a CPU machine asked for FSDP, made an FSDP2 one
+        (`tidpo.training.sharding.fsdp_on_cpu`: accelerate alone would fall back to DDP)."""
+        super().create_accelerator_and_postprocess()
+        if fsdp_on_cpu(self.accelerator, self.args.fsdp_plugin_args):
+            self.is_fsdp_enabled = True
+
+    def _any_process(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any process (a collective: every process calls it)."""
+        total = self.accelerator.reduce(torch.tensor([float(flag)], device=self.args.device),
+                                        reduction="sum")  # fmt: skip
+        return bool(total.item() > 0)
 
     # ----------------------------------------------------------------------------- reference
     @property
@@ -163,7 +169,8 @@ class TIDPOTrainer(Trainer):
         if ref_model is None and not self.is_peft:
             # Its forwards all run under autocast_context: store the linears cast once.
             lowp = {"bf16": torch.bfloat16, "fp16": torch.float16}
-            ref_model = frozen_copy(policy, lowp.get(str(self.accelerator.mixed_precision)))
+            with gathered(policy):  # ZeRO-3 loaded it partitioned: copy the full weights
+                ref_model = frozen_copy(policy, lowp.get(str(self.accelerator.mixed_precision)))
         if ref_model is not None:
             ref_model.eval()
             for p in ref_model.parameters():
@@ -178,32 +185,17 @@ class TIDPOTrainer(Trainer):
         self.ref_model = ref_model
 
     def _build_cache(self, ref_model: nn.Module | None, ds: Dataset) -> ReferenceCache:
-        from tidpo.training.models import cache_dir
-        from tidpo.training.reference import data_fingerprint, model_fingerprint
-
+        """The cache of ``ds`` (`tidpo.training.reference.shared_cache`): read when present,
+        else scored by every process for its share of the batches and written by the main one."""
         source: nn.Module = ref_model if ref_model is not None else self.model  # type: ignore[assignment]
-        extra = f"{self.args.max_length}:{self.accelerator.mixed_precision}"  # bf16 logps differ
-        key = f"{model_fingerprint(source)}-{data_fingerprint(ds, extra)}"
-        path = cache_dir() / "ref-logps" / f"{key}.safetensors"
-        # The main process builds and writes the cache; the others wait, then read its file.
-        with self.args.main_process_first(desc="reference cache"):
-            if path.exists():
-                return ReferenceCache.load(path)
-            return self._write_cache(source, ref_model is None, ds, path)
-
-    def _write_cache(
-        self, source: nn.Module, disable_adapter: bool, ds: Dataset, path: Path
-    ) -> ReferenceCache:
-        """Run the reference over ``ds`` once and save the log-probs at ``path``."""
         loader = torch.utils.data.DataLoader(
             ds, batch_size=max(1, self.args.per_device_train_batch_size),
             collate_fn=self.data_collator, shuffle=False,
         )  # fmt: skip
+        extra = f"{self.args.max_length}:{self.accelerator.mixed_precision}"  # bf16 logps differ
         with self.autocast_context():
-            cache = ReferenceCache.build(source.to(self.args.device), iter(loader), len(ds),
-                                         disable_adapter=disable_adapter, fused=True)  # fmt: skip
-        cache.save(path)
-        return cache
+            return shared_cache(self.accelerator, source.to(self.args.device), ds, loader, extra,
+                                disable_adapter=ref_model is None)  # fmt: skip
 
     def autocast_context(self) -> Any:
         """The mixed-precision context the policy's forward runs in (bf16 autocast when
@@ -233,39 +225,46 @@ class TIDPOTrainer(Trainer):
         if cache is not None and key is not None:
             return cache.lookup(key[1], span), None
         live, fused = self.ref_model, self._fused is not False
+        if live is None and self.sharded:  # the sharded PEFT model, its adapter off
+            out = model(ids, am, span, task="reference", full_logits=need_logits, fused=fused)
+            return out["logps"], out.get("logits")
         live = live if live is not None else self.accelerator.unwrap_model(model)
         with self.autocast_context():
             return reference_logps(live, ids, am, span, self.ref_model is None, need_logits, fused)
 
-    def _forward(self, model: nn.Module, ids: Tensor, am: Tensor, attribute: bool,
-                 full_logits: bool) -> Forward:  # fmt: skip
-        """One policy forward (`tidpo.training.forward.run_forward`): the fused path when the
-        model's head is a plain linear map (checked once against the model's own logits)."""
-        unwrapped: Any = self.accelerator.unwrap_model(model)
+    def _forward(self, model: nn.Module, ids: Tensor, am: Tensor, mask: Tensor, attribute: bool,
+                 full_logits: bool) -> tuple[Forward, Tensor, Tensor | None]:  # fmt: skip
+        """One policy forward (`tidpo.training.forward.run_forward`) and its per-token log-probs
+        where ``mask`` is 1: the fused path when the model's head is a plain linear map (checked
+        once against the model's own logits). Sharded, all of it runs in `StepModel`'s forward,
+        under ZeRO-3 the attribution scores (``attribute``) included; else they are None here
+        (taken later from the same graph)."""
+        unwrapped: Any = unwrap_step_model(self.accelerator.unwrap_model(model))
         if self._fused is None:
             self._fused = output_head(unwrapped) is not None
-        head = output_head(unwrapped) if self._fused else None
-        fwd = run_forward(model, ids, am, attribute=attribute, full_logits=full_logits,
-                          head=head, embed_from=unwrapped)  # fmt: skip
-        if not self._fused_checked and fwd.head is not None:
+        check = not self._fused_checked and self._fused and not full_logits
+        if self.sharded:
+            # ZeRO-3: the attribution inside the forward; FSDP2: from the returned embeddings
+            inside = attribute and self.is_deepspeed_enabled
+            out = model(ids, am, mask, attribute=attribute, full_logits=full_logits,
+                        fused=self._fused, check_head=check,
+                        attribution=self.args.attribution_target if inside else None)  # fmt: skip
+            fwd = Forward(out["embeds"], None, out["logits"], None, out.get("keep"))
+            logps, scores = out["logps"], out.get("scores")
+            # every process takes the same path: the check is agreed on by all of them
+            agrees = not check or not self._any_process(not bool(out["agrees"]))
+        else:
+            head = output_head(unwrapped) if self._fused else None
+            fwd = run_forward(model, ids, am, attribute=attribute, full_logits=full_logits,
+                              head=head, embed_from=unwrapped)  # fmt: skip
+            agrees, logps = not check or head_agrees(fwd), token_logps(fwd, ids, mask)
+            scores = None
+        if check:
             self._fused_checked = True
-            if not head_agrees(fwd):
+            if not agrees:
                 self._fused = False
-                return self._forward(model, ids, am, attribute, full_logits)
-        return fwd
-
-    def _attribution_target(self, fwd: Forward, pair_lp: Tensor, am: Tensor) -> Tensor:
-        """The per-row target whose gradient to the embeddings is the attribution (Eq. 5-6).
-
-        ``max_logit`` (the paper): the largest logit at each row's last real position (on the
-        fused path the forward projected those positions only). ``response_logprob``: the row's
-        summed response log-probability, which does not single out the last position.
-        """
-        if self.args.attribution_target == "response_logprob":
-            return pair_lp.sum(-1)
-        if fwd.head is not None:
-            return fwd.logits.max(-1).values
-        return F.last_token_max_logit(fwd.logits, am)
+                return self._forward(model, ids, am, mask, attribute, full_logits)
+        return fwd, logps, scores
 
     # ---------------------------------------------------------------------------------- step
     def compute_loss(
@@ -290,31 +289,31 @@ class TIDPOTrainer(Trainer):
         # casts the policy's weights once per step rather than once per forward call.
         with self.autocast_context():
             if cfg.uses_triplet and self.anchor_sampler is not None:  # stale rows are sampled
-                policy = self.accelerator.unwrap_model(model)
+                policy = model if self.sharded else self.accelerator.unwrap_model(model)
                 anchors = self.anchor_sampler.rows(policy, inputs, self.state.global_step, rows)
             elif cfg.uses_triplet:
                 anchors = (inputs["anchor_input_ids"], inputs["anchor_attention_mask"],
                            inputs["anchor_response_mask"])  # fmt: skip
             # Chosen and rejected rows: one forward (attribution reuses its graph below).
-            fwd = self._forward(model, ids, am, cfg.needs_attribution, need_logits)
-            policy_lp = pair_lp = token_logps(fwd, ids, response)
+            fwd, pair_lp, scores = self._forward(model, ids, am, response, cfg.needs_attribution,
+                                                 need_logits)  # fmt: skip
+            policy_lp = pair_lp
             if cfg.uses_reference:
                 ref_lp, ref_logits = self._reference_logps(model, ids, am, response, rows,
                                                            need_logits)  # fmt: skip
-                if ref_logits is not None and fwd.head is None:
+                if ref_logits is not None and fwd.keep is None:
                     seq_kl = F.sequential_kl(fwd.logits[:, :-1], ref_logits, response)
             if anchors is not None:
                 # Anchor rows: a forward of their own, at their own (usually shorter) width.
                 a_ids, a_am, a_rm = anchors
                 a_resp = a_rm[:, 1:]
-                a_lp = token_logps(self._forward(model, a_ids, a_am, False, False), a_ids, a_resp)
+                a_lp = self._forward(model, a_ids, a_am, a_resp, False, False)[1]
                 policy_lp, response = _stack(policy_lp, a_lp), _stack(response, a_resp)
                 if ref_lp is not None:
                     ref_lp = _stack(ref_lp, self._reference_logps(model, a_ids, a_am, a_resp)[0])
-        scores = None
-        if cfg.needs_attribution:
-            scores = F.attribution_from_graph(self._attribution_target(fwd, pair_lp, am),
-                                              fwd.embeds, am)  # fmt: skip
+        if cfg.needs_attribution and scores is None:
+            target = attribution_target(fwd, pair_lp, am, cfg.attribution_target)
+            scores = F.attribution_from_graph(target, fwd.embeds, am)
         gen = None
         if cfg.loss == "tidpo" and cfg.weighting == "random":
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.state.global_step)
@@ -329,8 +328,13 @@ class TIDPOTrainer(Trainer):
             # parameter (so DDP's reducer is satisfied), then the guard drops the gradients.
             self.guard.bad_in_step = True
             metrics = {}
-            loss = sum((p.reshape(-1)[0] for p in model.parameters() if p.requires_grad),
-                       torch.zeros((), device=ids.device)) * 0.0  # fmt: skip
+            if self.sharded:  # through the log-probs, as the real loss: every process runs the
+                # same gather/reduce-scatter collectives in its backward (ZeRO-3 hooks each
+                # module whose output takes a gradient; NaN gradients are dropped by the guard)
+                loss = torch.nan_to_num(policy_lp).sum() * 0.0
+            else:
+                loss = sum((p.reshape(-1)[0] for p in model.parameters() if p.requires_grad),
+                           torch.zeros((), device=ids.device)) * 0.0  # fmt: skip
         for key, value in metrics.items():
             self._metrics[mode][key].append(value)
         outputs = {"logits": fwd.logits, "policy_logps": policy_lp, **details}
@@ -350,6 +354,24 @@ class TIDPOTrainer(Trainer):
             loss = self.compute_loss(model, inputs)
         model.zero_grad(set_to_none=True)
         return loss.detach(), None, None
+
+    def _save(
+        self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None
+    ) -> None:
+        """Sharded: save the model inside the `StepModel` (``state_dict``: the gathered full
+        weights, keyed ``lm.*``) as the Trainer saves an unwrapped one."""
+        if not self.sharded:
+            return super()._save(output_dir, state_dict)
+        if not self.args.should_save:
+            return None
+        out = Path(output_dir or str(self.args.output_dir))
+        weights = {k.removeprefix("lm."): v for k, v in (state_dict or {}).items()}
+        model: Any = unwrap_step_model(self.model)  # type: ignore[arg-type]
+        model.save_pretrained(out, state_dict=weights, safe_serialization=True)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(out)
+        torch.save(self.args, out / "training_args.bin")
+        return None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the step metrics (averaged since the last log) to the Trainer's record."""
