@@ -106,3 +106,12 @@ BAD = [("special_tokens", "drop"), ("weight_cap", 0.5), ("attribution_target", "
 def test_bad_option_values_name_the_field(tmp_path: Path, field: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=field):
         _config(tmp_path, **{field: value})
+
+
+def test_special_prior_preset_sets_the_option_and_keeps_explicit_values(tmp_path: Path) -> None:
+    """The named preset the medium study earned (docs/results.md): special tokens out of the
+    attribution; the paper default is unchanged and a user's own value wins."""
+    assert _config(tmp_path).special_tokens == "attribute"
+    cfg = _config(tmp_path, preset="special-prior")
+    assert cfg.special_tokens == "prior" and cfg.importance_lambda == 0.7 and cfg.beta == 0.1
+    assert _config(tmp_path, preset="special-prior", special_tokens="mean").special_tokens == "mean"

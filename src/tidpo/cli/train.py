@@ -115,7 +115,9 @@ def train_command(
             "(chosen_weights/rejected_weights from the data)"
         ),
     ] = None,
-    preset: Annotated[str | None, typer.Option(help="paper (default) | released")] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="paper (default) | released | special-prior")
+    ] = None,
     precision: Annotated[
         str | None,
         typer.Option(help="auto (default: bf16 where native, else fp32) | fp32 | bf16 | fp16"),
