@@ -56,17 +56,20 @@ def frozen_copy(model: nn.Module, linear_dtype: torch.dtype | None = None) -> nn
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """A cheap identity of a model's weights: its config plus per-tensor sums (not a full hash)."""
+    """A cheap identity of a model's weights: its config plus per-tensor sums (not a full hash).
+
+    The sums accumulate in float64, so the key does not depend on the thread count (a float32
+    reduction's rounding does: a 2-process run with one thread each gave another key)."""
     h = hashlib.sha256()
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_json_string"):
         h.update(config.to_json_string().encode())
     with torch.no_grad():
         for name, p in model.state_dict().items():
-            t = p.detach().float()
-            h.update(
-                f"{name}:{tuple(t.shape)}:{float(t.sum()):.8e}:{float(t.abs().sum()):.8e}".encode()
-            )
+            t = p.detach()
+            total = float(t.sum(dtype=torch.float64))
+            size = float(t.abs().sum(dtype=torch.float64))
+            h.update(f"{name}:{tuple(t.shape)}:{total:.8e}:{size:.8e}".encode())
     return h.hexdigest()[:16]
 
 
