@@ -108,7 +108,10 @@ def test_ctrl_c_says_where_to_resume(tiny_model_dir: Path, tmp_path: Path) -> No
         [sys.executable, "-m", "tidpo", "train", "--model", str(tiny_model_dir), "--output-dir",
          str(out), "--no-report", "--max-steps", "400", "--set", "max_length=48",
          "--set", "save_steps=2", "--set", "anchor_max_new_tokens=4"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+        # A shell starts background jobs with SIGINT ignored, and the child would inherit that
+        # (Python then installs no KeyboardInterrupt handler): give it Ctrl-C as a terminal does.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.time() + 240
     while not list(out.glob("checkpoint-*/trainer_state.json")) and time.time() < deadline:
