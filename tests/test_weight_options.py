@@ -115,3 +115,13 @@ def test_special_prior_preset_sets_the_option_and_keeps_explicit_values(tmp_path
     cfg = _config(tmp_path, preset="special-prior")
     assert cfg.special_tokens == "prior" and cfg.importance_lambda == 0.7 and cfg.beta == 0.1
     assert _config(tmp_path, preset="special-prior", special_tokens="mean").special_tokens == "mean"
+
+
+def test_special_prior_preset_through_the_cli_settings(tmp_path: Path) -> None:
+    """`tidpo train --preset special-prior` goes through the one settings path of the CLI."""
+    from tidpo.training.settings import build_config, resolve_options
+
+    cfg = build_config(resolve_options(None, [], {"preset": "special-prior"}), tmp_path)
+    assert (cfg.preset, cfg.special_tokens) == ("special-prior", "prior")
+    mine = resolve_options(None, ["special_tokens=mean"], {"preset": "special-prior"})
+    assert build_config(mine, tmp_path).special_tokens == "mean"
