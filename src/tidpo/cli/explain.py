@@ -40,7 +40,6 @@ def run_explain(
     precision: str = "auto",
 ) -> dict[str, Path]:
     """Everything `tidpo explain` does, as a function; returns the written files by kind."""
-    import torch
 
     from tidpo.analysis.explain import (
         ExplainError,
@@ -49,12 +48,7 @@ def run_explain(
         load_pair,
         write_explain,
     )
-    from tidpo.training.models import (
-        check_model_folder,
-        load_causal_lm,
-        load_tokenizer,
-        resolve_model,
-    )
+    from tidpo.training.models import load_for_inference
     from tidpo.training.precision import choose_precision
 
     console = console or Console(stderr=True)
@@ -81,12 +75,7 @@ def run_explain(
         raise ExplainError("--chosen and --rejected must not be empty")
 
     start = time.perf_counter()
-    model_path = resolve_model(model)
-    check_model_folder(model_path, trust_remote_code)
-    tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
-    lm = load_causal_lm(model_path, dtype=torch.float32, trust_remote_code=trust_remote_code,
-                        device=choice.device)  # fmt: skip
-    lm.eval()
+    model_path, tokenizer, lm = load_for_inference(model, choice.device, trust_remote_code)
     mode = anchor.strip().lower()
     anchor_text: str | None
     with choice.autocast():

@@ -29,17 +29,11 @@ def run_weights(
     console: Console | None = None,
 ) -> Path:
     """Everything `tidpo weights` does, as a function; returns the written file."""
-    import torch
 
     from tidpo.analysis.weights_file import rows_with_weights, write_rows
     from tidpo.data import bundled_dataset, load_preferences
     from tidpo.training.config import TIDPOConfig
-    from tidpo.training.models import (
-        check_model_folder,
-        load_causal_lm,
-        load_tokenizer,
-        resolve_model,
-    )
+    from tidpo.training.models import load_for_inference
     from tidpo.training.objective import WeightSettings
     from tidpo.training.precision import choose_precision
 
@@ -54,12 +48,7 @@ def run_weights(
     console.print(choice.describe(), highlight=False)
     data_path = Path(dataset) if dataset else bundled_dataset("train")
     rows = load_preferences(data_path, columns=columns).to_list()
-    model_path = resolve_model(model)
-    check_model_folder(model_path, trust_remote_code)
-    tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
-    lm = load_causal_lm(model_path, dtype=torch.float32, trust_remote_code=trust_remote_code,
-                        device=choice.device)  # fmt: skip
-    lm.eval()
+    model_path, tokenizer, lm = load_for_inference(model, choice.device, trust_remote_code)
     columns_ = [TextColumn("weights"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns_, console=console, transient=True) as bar, choice.autocast():
         task = bar.add_task("weights", total=len(rows))

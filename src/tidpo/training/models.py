@@ -42,6 +42,7 @@ __all__ = [
     "convert_gguf",
     "find_default_gguf",
     "load_causal_lm",
+    "load_for_inference",
     "load_tokenizer",
     "resolve_model",
 ]
@@ -368,3 +369,22 @@ def load_causal_lm(
         model_any: Any = model
         model_any.to(torch.device(device))  # nn.Module.to moves in place
     return model
+
+
+def load_for_inference(
+    name_or_path: str | os.PathLike[str] | None,
+    device: torch.device | str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[Path, PreTrainedTokenizerBase, PreTrainedModel]:
+    """``(folder, tokenizer, fp32 model in eval mode on device)`` for a command that only reads
+    a model (explain, weights): resolved (`resolve_model`) and checked (`check_model_folder`)
+    before anything loads."""
+    import torch
+
+    path = resolve_model(name_or_path)
+    check_model_folder(path, trust_remote_code)
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    model = load_causal_lm(path, dtype=torch.float32, trust_remote_code=trust_remote_code,
+                           device=device)  # fmt: skip
+    model.eval()
+    return path, tokenizer, model
