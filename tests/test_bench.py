@@ -36,6 +36,9 @@ def test_bench_json_has_every_config_and_positive_numbers(
         for key in ("median_step_s", "tokens_per_s", "peak_rss_mb", "ratio_to_trl"):
             assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] > 0, (r, key)
         assert len(r["step_s"]) == 2
+        # where the memory goes: held at the start and between steps, both inside the peak
+        for key in ("setup_mb", "between_steps_mb"):
+            assert 0 < r[key] <= r["peak_rss_mb"], (r, key)
     by_name = {r["config"]: r for r in records}
     assert by_name["trl_dpo"]["ratio_to_trl"] == 1.0
     # the bench revisits the same examples: refresh 1 samples every step, refresh 4 once in two
@@ -84,3 +87,31 @@ def test_a_failed_configuration_is_recorded_and_the_rest_measured(
     assert "out of memory" in records["dpo"]["error"]
     assert records["tidpo_precomputed"]["ratio_to_trl"] == 0.5
     assert bench.markdown_table(list(records.values())).count("\n") == 4
+
+
+def test_memory_table_splits_the_peak_into_held_and_per_step() -> None:
+    import tidpo.studies.bench as bench
+
+    rows = [
+        {
+            "config": "trl_dpo",
+            "vocab_size": 128256,
+            "max_length": 1024,
+            "peak_rss_mb": 9000.0,
+            "setup_mb": 1500.0,
+            "between_steps_mb": 3000.0,
+        },
+        {
+            "config": "dpo",
+            "vocab_size": None,
+            "max_length": 256,
+            "peak_rss_mb": 800.0,
+            "setup_mb": None,
+            "between_steps_mb": None,
+        },
+        {"config": "tidpo_refresh4", "vocab_size": None, "max_length": 256, "error": "killed"},
+    ]
+    lines = bench.memory_table(rows).splitlines()
+    assert lines[2] == "| trl_dpo | 128256 x 1024 | 1500 | 3000 | 9000 | 6000 |"
+    assert lines[3] == "| dpo | model x 256 | - | - | 800 | - |"
+    assert len(lines) == 4  # the failed configuration has no row

@@ -58,7 +58,7 @@ from tidpo.studies.bench_worker import CONFIGS
 from tidpo.training.precision import choose_precision
 
 __all__ = ["CONFIGS", "LARGE_CONFIGS", "TARGETS", "BenchError", "BenchOptions", "bench_rows",
-           "run_bench"]  # fmt: skip
+           "memory_table", "run_bench"]  # fmt: skip
 
 # Step time / TRL's step time that each configuration should stay under (the mean for
 # refresh 4, whose sampling step is amortised over the refresh period).
@@ -183,7 +183,12 @@ def _run_worker(config: str, opts: BenchOptions, model: Path, group: _Group, wor
         why = " (killed: out of memory?)" if proc.returncode == -9 else ""
         raise WorkerFailed(f"{config}: worker failed (exit {proc.returncode}{why})", tail)
     result: dict[str, Any] = json.loads(out.read_text())
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux: KiB
+    # Linux: KiB. The kernel's high-water mark can lag a reading of the current RSS by a page or
+    # two, so the peak is at least every reading the worker took.
+    readings = [usage.ru_maxrss / 1024] + [
+        result[k] for k in ("setup_mb", "between_steps_mb") if result.get(k) is not None
+    ]
+    result["peak_rss_mb"] = max(readings) if result.get("peak_gpu_mb") is None else readings[0]
     return result
 
 
@@ -271,6 +276,8 @@ def _summarise(runs: dict[str, list[dict[str, Any]]], group: _Group) -> list[dic
             "device": parts[0].get("device"),
             "step_s": steps,
             "anchor_rows_generated": sum(p.get("anchor_rows", 0) for p in parts),
+            "setup_mb": _largest(p.get("setup_mb") for p in parts),
+            "between_steps_mb": _largest(p.get("between_steps_mb") for p in parts),
         })  # fmt: skip
     trl = next((r for r in results if r["config"] == "trl_dpo"), None)
     for r in results:
@@ -278,6 +285,11 @@ def _summarise(runs: dict[str, list[dict[str, Any]]], group: _Group) -> list[dic
         r["ratio_to_trl"] = r[key] / trl[key] if trl else None
         r["memory_to_trl"] = _peak(r) / _peak(trl) if trl else None
     return results
+
+
+def _largest(values: Any) -> float | None:
+    known = [float(v) for v in values if v is not None]
+    return max(known) if known else None
 
 
 def _peak(r: dict[str, Any]) -> float:
@@ -348,6 +360,31 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
             f"{marks} |"
         )
     return "\n".join(lines)
+
+
+def memory_table(results: list[dict[str, Any]]) -> str:
+    """Where each configuration's memory goes, as a Markdown table (MiB): held when training
+    starts (weights, reference model, runtime), between steps (plus the optimiser state), the
+    peak, and what one step adds on top of what is held between steps."""
+    lines = ["| config | vocab x tokens | at start | between steps | peak | a step adds |",
+             "|---" * 6 + "|"]  # fmt: skip
+    for r in results:
+        if "error" in r:
+            continue
+        start, between, peak = r.get("setup_mb"), r.get("between_steps_mb"), _peak(r)
+        cells = [
+            _mb(start),
+            _mb(between),
+            _mb(peak),
+            _mb(None if between is None else peak - between),
+        ]
+        lines.append(f"| {r['config']} | {r['vocab_size'] or 'model'} x {r['max_length']} | "
+                     + " | ".join(cells) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def _ratio(value: float | None) -> str:

@@ -4,8 +4,11 @@ The parent (`tidpo.studies.bench`) starts one worker per configuration and round
 its own peak memory. A worker loads the model (or builds it from the model's config with another
 vocabulary size, random weights, when ``--vocab-size`` is given), builds TRL's DPOTrainer or a
 TIDPOTrainer on the rows the parent tokenized, trains ``warmup + steps`` optimiser steps and writes
-the step times (``on_step_begin`` to ``on_step_end``), the step CPU times and the peak memory to
-``--out`` as JSON.
+the step times (``on_step_begin`` to ``on_step_end``), the step CPU times and the memory to
+``--out`` as JSON: the peak, and where it goes, the memory held when training starts (weights,
+reference model, runtime) and between steps (plus the optimiser state); the peak minus the latter is
+what one step adds (gradients, activations, logits). On a GPU these are allocated CUDA bytes, else
+the process's resident memory.
 """
 
 from __future__ import annotations
@@ -46,6 +49,19 @@ TIDPO_KNOBS: dict[str, dict[str, Any]] = {
 """TIDPOConfig fields of each tidpo configuration (``trl_dpo`` is TRL's own trainer)."""
 
 
+def resident_mb() -> float | None:
+    """Memory held now, in MiB: allocated CUDA memory on a GPU, else resident memory (Linux)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.memory_allocated() / 2**20
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * resource.getpagesize() / 2**20
+
+
 def _timer_callback(warmup: int, profile: Path | None, last: int) -> Any:
     import torch
     from transformers import TrainerCallback
@@ -59,10 +75,15 @@ def _timer_callback(warmup: int, profile: Path | None, last: int) -> Any:
             self.start = self.start_cpu = 0.0
             self.index = 0
             self.prof: Any = None
+            self.setup_mb: float | None = None
+            self.between_mb: float | None = None
 
         def _sync(self) -> None:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.setup_mb = resident_mb()
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if profile is not None and self.index == last:
@@ -75,6 +96,7 @@ def _timer_callback(warmup: int, profile: Path | None, last: int) -> Any:
             self._sync()
             seconds = time.perf_counter() - self.start
             cpu = time.process_time() - self.start_cpu
+            self.between_mb = resident_mb()  # after the optimiser step and zero_grad
             if self.prof is not None:
                 self.prof.stop()
                 assert profile is not None
@@ -186,6 +208,8 @@ def _worker(ns: argparse.Namespace) -> None:
         "tokens_per_step": tokens,
         "anchor_rows": sampler.generated_rows if sampler is not None else 0,
         "self_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "setup_mb": timer.setup_mb,
+        "between_steps_mb": timer.between_mb,
         "peak_gpu_mb": gpu,
         "precision": precision.name,
         "device": precision.device,
