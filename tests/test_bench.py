@@ -115,3 +115,21 @@ def test_memory_table_splits_the_peak_into_held_and_per_step() -> None:
     assert lines[2] == "| trl_dpo | 128256 x 1024 | 1500 | 3000 | 9000 | 6000 |"
     assert lines[3] == "| dpo | model x 256 | - | - | 800 | - |"
     assert len(lines) == 4  # the failed configuration has no row
+
+
+def test_trl_reference_is_the_policy_at_the_large_vocabulary(
+    tiny_model_dir: Path, tokenizer: object, tmp_path: Path
+) -> None:
+    """At ``--vocab-size`` TRL's reference is a copy of the resized policy, not the (smaller)
+    model its folder holds, so both sides score the reference over the same vocabulary."""
+    from tidpo.studies.bench_worker import main
+
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps(bench_rows(tokenizer, 2, 64)))
+    vocab = len(tokenizer) + 64  # type: ignore[arg-type]
+    for config in ("trl_dpo", "tidpo_no_triplet"):
+        out = tmp_path / f"{config}.json"
+        main(["--worker", config, "--model", str(tiny_model_dir), "--rows", str(rows),
+              "--out", str(out), "--steps", "1", "--warmup", "0", "--max-length", "64",
+              "--precision", "fp32", "--vocab-size", str(vocab)])  # fmt: skip
+        assert json.loads(out.read_text())["reference_vocab_size"] == vocab, config

@@ -14,6 +14,7 @@ the process's resident memory.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import resource
@@ -131,6 +132,11 @@ def _model(path: Path, vocab_size: int | None) -> Any:
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
+def _vocab(model: Any) -> int:
+    """The vocabulary size of a (possibly wrapped) model: what the bench checks both sides share."""
+    return int(getattr(model, "module", model).get_output_embeddings().weight.shape[0])
+
+
 def _with_weights(rows: list[dict[str, Any]], model: Any, tokenizer: Any) -> None:
     """Add each row's hybrid token weights (`tidpo weights`'s, before any timing)."""
     from tidpo.analysis.weights_file import pair_token_weights
@@ -186,7 +192,10 @@ def _worker(ns: argparse.Namespace) -> None:
         common = {k: v for k, v in values.items() if k in trl_keys}
         cfg = trl.DPOConfig(**common, bf16=precision.name == "bf16", fp16=precision.name == "fp16",
                             loss_type=["sigmoid"], precompute_ref_log_probs=False)  # fmt: skip
-        trainer = PretokenizedDPOTrainer(model=model, args=cfg, train_dataset=data,
+        # Without ``ref_model`` TRL loads the reference from the model folder: at another vocabulary
+        # size that is a different, smaller model, so give it a copy of the policy (as tidpo's).
+        ref = copy.deepcopy(model) if ns.vocab_size is not None else None
+        trainer = PretokenizedDPOTrainer(model=model, ref_model=ref, args=cfg, train_dataset=data,
                                          processing_class=tokenizer, callbacks=[timer])  # fmt: skip
     else:
         from tidpo.training.trainer import TIDPOTrainer
@@ -208,6 +217,7 @@ def _worker(ns: argparse.Namespace) -> None:
         "tokens_per_step": tokens,
         "anchor_rows": sampler.generated_rows if sampler is not None else 0,
         "self_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "reference_vocab_size": _vocab(getattr(trainer, "ref_model", None) or model),
         "setup_mb": timer.setup_mb,
         "between_steps_mb": timer.between_mb,
         "peak_gpu_mb": gpu,
