@@ -150,6 +150,10 @@ def test_ablation_table(all_run: tuple[Path, dict[str, Any]]) -> None:
     for label in ("| base model (untrained) | 1 |", "| TI-DPO (full) | 1 |", "| 63.5 |"):
         assert label in md
     assert "4 real held-out pairs from" in md
+    # the base model's implicit rewards are against itself: no number, not a 0 % accuracy
+    base_row = next(x for x in md.splitlines() if x.startswith("| base model (untrained) | 1 |"))
+    cells = [c.strip() for c in base_row.strip("|").split("|")]
+    assert cells[2:7] == ["—"] * 5 and cells[7] != "—", base_row
 
 
 def test_per_item_values_are_aligned_and_compared(all_run: tuple[Path, dict[str, Any]]) -> None:

@@ -97,6 +97,8 @@ _LABELS = {
     "triplet_max": "max triplet loss", "special_share": "weight on special tokens",
 }  # fmt: skip
 LOWER_IS_BETTER = {"self_bleu"}
+_AGAINST_BASE = {"reward_acc", "reward_acc_w", "margin", "real_acc", "real_margin"}
+"""Implicit rewards against the base model: undefined for the base model itself (shown as —)."""
 
 
 def aggregate(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -162,7 +164,9 @@ def _table(names: Sequence[str], arms: Mapping[str, Any], cols: Sequence[str],
         stats = arms.get(name)
         if stats is None:
             continue
-        cells = " | ".join(_cell(stats.get(c), c) for c in cols)
+        cells = " | ".join(
+            "—" if name == "base" and c in _AGAINST_BASE else _cell(stats.get(c), c) for c in cols
+        )
         ref = f" {paper.get(name) or '—'} |" if paper is not None else ""
         lines.append(f"| {_arm_label(name)} | {stats['reward_acc']['n']} | {cells} |{ref}")
     return lines
