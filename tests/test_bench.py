@@ -23,7 +23,7 @@ def _app() -> typer.Typer:
 
 
 def test_bench_json_has_every_config_and_positive_numbers(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tokenizer: object, tmp_path: Path
 ) -> None:
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(tiny_model_dir), "--steps", "2", "--warmup", "0",
@@ -39,6 +39,7 @@ def test_bench_json_has_every_config_and_positive_numbers(
         # where the memory goes: held at the start and between steps, both inside the peak
         for key in ("setup_mb", "between_steps_mb"):
             assert 0 < r[key] <= r["peak_rss_mb"], (r, key)
+        assert r["reference_vocab_size"] == len(tokenizer)  # type: ignore[arg-type]
     by_name = {r["config"]: r for r in records}
     assert by_name["trl_dpo"]["ratio_to_trl"] == 1.0
     # the bench revisits the same examples: refresh 1 samples every step, refresh 4 once in two
