@@ -134,3 +134,29 @@ def test_trl_reference_is_the_policy_at_the_large_vocabulary(
               "--out", str(out), "--steps", "1", "--warmup", "0", "--max-length", "64",
               "--precision", "fp32", "--vocab-size", str(vocab)])  # fmt: skip
         assert json.loads(out.read_text())["reference_vocab_size"] == vocab, config
+
+
+def test_checkpointing_large_vocab_and_profile_through_the_cli(
+    tiny_model_dir: Path, tokenizer: object, tmp_path: Path
+) -> None:
+    """`--checkpointing` turns activation checkpointing on for TRL and tidpo alike, `--large-vocab`
+    adds both at that vocabulary (with the same reference), `--profile` writes one table each."""
+    out, prof = tmp_path / "bench.json", tmp_path / "prof"
+    vocab = len(tokenizer) + 64  # type: ignore[arg-type]
+    args = ["bench", "--model", str(tiny_model_dir), "--configs", "trl_dpo", "--steps", "1",
+            "--warmup", "0", "--repeats", "1", "--max-length", "48", "--checkpointing",
+            "--large-vocab", str(vocab), "--large-length", "64", "--profile", str(prof),
+            "--json", str(out)]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    records = json.loads(out.read_text())
+    assert [(r["config"], r["vocab_size"]) for r in records] == [
+        ("trl_dpo", None), ("trl_dpo", vocab), ("tidpo_refresh4", vocab)]  # fmt: skip
+    assert all(r["checkpointing"] is True for r in records), records
+    assert [r["reference_vocab_size"] for r in records[1:]] == [vocab, vocab]
+    assert sorted(p.name for p in prof.iterdir()) == [
+        "main-trl_dpo.txt",
+        f"vocab {vocab}-tidpo_refresh4.txt",
+        f"vocab {vocab}-trl_dpo.txt",
+    ]
+    assert "by self time" in (prof / "main-trl_dpo.txt").read_text()

@@ -277,6 +277,7 @@ def _summarise(runs: dict[str, list[dict[str, Any]]], group: _Group) -> list[dic
             "step_s": steps,
             "anchor_rows_generated": sum(p.get("anchor_rows", 0) for p in parts),
             "reference_vocab_size": parts[0].get("reference_vocab_size"),
+            "checkpointing": parts[0].get("checkpointing"),
             "setup_mb": _largest(p.get("setup_mb") for p in parts),
             "between_steps_mb": _largest(p.get("between_steps_mb") for p in parts),
         })  # fmt: skip

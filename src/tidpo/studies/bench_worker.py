@@ -51,16 +51,13 @@ TIDPO_KNOBS: dict[str, dict[str, Any]] = {
 
 
 def resident_mb() -> float | None:
-    """Memory held now, in MiB: allocated CUDA memory on a GPU, else resident memory (Linux)."""
+    """Memory held now, in MiB: allocated CUDA memory on a GPU, else resident memory."""
+    import psutil  # accelerate's dependency
     import torch
 
     if torch.cuda.is_available():
         return torch.cuda.memory_allocated() / 2**20
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-    return pages * resource.getpagesize() / 2**20
+    return float(psutil.Process().memory_info().rss) / 2**20
 
 
 def _timer_callback(warmup: int, profile: Path | None, last: int) -> Any:
@@ -218,6 +215,7 @@ def _worker(ns: argparse.Namespace) -> None:
         "anchor_rows": sampler.generated_rows if sampler is not None else 0,
         "self_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "reference_vocab_size": _vocab(getattr(trainer, "ref_model", None) or model),
+        "checkpointing": bool(getattr(model, "is_activation_checkpointing", False)),
         "setup_mb": timer.setup_mb,
         "between_steps_mb": timer.between_mb,
         "peak_gpu_mb": gpu,
