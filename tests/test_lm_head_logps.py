@@ -23,8 +23,13 @@ def _exact(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, labels: tor
     return lp * mask
 
 
+@pytest.mark.parametrize("keep", [True, False])
 @pytest.mark.parametrize("bias", [False, True])
-def test_equals_log_softmax_of_the_projection_values_and_gradients(bias: bool) -> None:
+def test_equals_log_softmax_of_the_projection_values_and_gradients(
+    bias: bool, keep: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # keep: the forward stores the softmax for the backward; else the backward re-projects
+    monkeypatch.setattr(logps_mod, "_KEEP_PROBS", 1 << 26 if keep else 0)
     torch.manual_seed(0)
     # 3 x 200 = 600 positions, ~420 masked: several _CHUNK-row chunks.
     h = torch.randn(3, 200, 16, requires_grad=True)
@@ -61,7 +66,10 @@ def test_bf16_autocast_matches_per_token_logps_of_bf16_logits() -> None:
     assert torch.allclose(ours, per_token_logps(logits, labels, mask), atol=1e-5)
 
 
-def test_projects_masked_rows_only_and_chunk_by_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("keep", [True, False])
+def test_projects_masked_rows_only_and_chunk_by_chunk(
+    keep: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rows: list[int] = []
     real = logps_mod._project
 
@@ -71,15 +79,36 @@ def test_projects_masked_rows_only_and_chunk_by_chunk(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(logps_mod, "_project", spy)
     monkeypatch.setattr(logps_mod, "_rows_per_chunk", lambda vocab: 256)
+    # 800 masked rows x 64 = 51,200 probabilities: kept at a limit of that size, not one less
+    monkeypatch.setattr(logps_mod, "_KEEP_PROBS", 800 * 64 if keep else 800 * 64 - 1)
     h = torch.randn(4, 300, 8, requires_grad=True)
     w = torch.randn(64, 8, requires_grad=True)
     mask = torch.zeros(4, 300)
     mask[:, 100:] = 1  # 800 of 1200 positions
     out = lm_head_logps(h, w, torch.randint(0, 64, (4, 300)), mask)
     out.sum().backward()
-    assert sum(rows) == 2 * 800  # forward + backward, masked rows only
-    assert max(rows) <= 256 and len(rows) == 2 * 4  # 800 rows: 4 chunks each way
+    passes = 1 if keep else 2  # the forward only, or the forward and again the backward
+    assert sum(rows) == passes * 800  # masked rows only
+    assert max(rows) <= 256 and len(rows) == passes * 4  # 800 rows: 4 chunks a pass
     assert h.grad is not None and torch.all(h.grad[:, :100] == 0)
+
+
+def test_keeps_no_probabilities_without_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    kept: list[bool] = []
+    real = logps_mod._HeadLogProb.apply
+
+    def spy(*args: object) -> torch.Tensor:
+        kept.append(bool(args[-1]))
+        return real(*args)
+
+    monkeypatch.setattr(logps_mod._HeadLogProb, "apply", spy)
+    h, w = torch.randn(2, 5, 8), torch.randn(30, 8)
+    labels, mask = torch.randint(0, 30, (2, 5)), torch.ones(2, 5)
+    lm_head_logps(h, w, labels, mask)  # nothing requires a gradient: a reference forward
+    with torch.no_grad():
+        lm_head_logps(h.requires_grad_(), w, labels, mask)
+    lm_head_logps(h, w, labels, mask)
+    assert kept == [False, False, True]
 
 
 def test_chunk_rows_follow_the_vocabulary() -> None:

@@ -12,6 +12,11 @@ __all__ = ["lm_head_logps", "per_token_logps", "sequential_kl"]
 # Number of token positions turned into fp32 at once (x vocabulary size floats).
 _CHUNK = 256
 
+# Largest [rows, V] softmax (elements; 256 MB in fp32) `lm_head_logps` keeps from its forward
+# for the backward. Under it the backward skips re-projecting the rows (one of five head matmuls
+# of a training step); over it (long sequences, 128k vocabularies) it recomputes chunk by chunk.
+_KEEP_PROBS = 1 << 26
+
 
 def _rows_per_chunk(vocab: int) -> int:
     """Rows of a ``[rows, vocab]`` chunk of about 32M elements (128 MB in fp32), 64 to 4096."""
@@ -93,7 +98,9 @@ class _HeadLogProb(torch.autograd.Function):
     Forward keeps the fp32 log-normaliser of each row (not the logits); backward recomputes each
     chunk's logits, turns them into the gradient in place and multiplies it into the gradients of
     the hidden states and the weight chunk by chunk, so no ``[rows, V]`` tensor of all rows is
-    ever built (``_rows_per_chunk``: about 32M elements a chunk).
+    ever built (``_rows_per_chunk``: about 32M elements a chunk). With ``keep`` the forward
+    instead stores the softmax of every row (the caller checks it fits ``_KEEP_PROBS``) and the
+    backward reads it rather than projecting again.
     """
 
     @staticmethod
@@ -104,6 +111,7 @@ class _HeadLogProb(torch.autograd.Function):
         bias: Tensor | None,
         labels: Tensor,
         dtype: torch.dtype,
+        keep: bool,
     ) -> Tensor:
         h, w = hidden.to(dtype), weight.to(dtype)
         b = bias.to(dtype) if bias is not None else None
@@ -111,6 +119,7 @@ class _HeadLogProb(torch.autograd.Function):
         acc = torch.promote_types(dtype, torch.float32)  # softmax math: fp32 at least
         out = torch.empty(n, dtype=acc, device=h.device)
         lse = torch.empty(n, dtype=acc, device=h.device)
+        probs = torch.empty((n, w.shape[0]), dtype=acc, device=h.device) if keep else None
         rows = _rows_per_chunk(w.shape[0])
         with torch.autocast(h.device.type, enabled=False):
             for start in range(0, n, rows):
@@ -119,14 +128,16 @@ class _HeadLogProb(torch.autograd.Function):
                 logp = torch.log_softmax(logits, dim=-1, dtype=acc)
                 out[sl] = logp.gather(-1, labels[sl, None]).squeeze(-1)
                 lse[sl] = logits.gather(-1, labels[sl, None]).squeeze(-1).to(acc) - out[sl]
-        ctx.save_for_backward(h, weight, bias, labels, lse)
+                if probs is not None:
+                    torch.exp(logp, out=probs[sl])
+        ctx.save_for_backward(h, weight, bias, labels, lse, probs)
         ctx.dtype = dtype
         ctx.hidden_dtype = hidden.dtype
         return out.float()
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        h, weight, bias, labels, lse = ctx.saved_tensors
+        h, weight, bias, labels, lse, probs = ctx.saved_tensors
         w = weight.to(ctx.dtype)
         b = bias.to(ctx.dtype) if bias is not None else None
         go = grad_out.to(lse.dtype)
@@ -141,8 +152,11 @@ class _HeadLogProb(torch.autograd.Function):
                 sl = slice(start, start + rows)
                 # d log p_y / d z_v = 1[v = y] - softmax(z)_v, times the incoming gradient;
                 # one chunk of rows at a time: no [rows, V] gradient of all rows at once
-                g = _project(h[sl], w, b).to(acc)
-                g.sub_(lse[sl, None]).exp_().mul_(-go[sl, None])
+                if probs is not None:
+                    g = probs[sl].mul(-go[sl, None])
+                else:
+                    g = _project(h[sl], w, b).to(acc)
+                    g.sub_(lse[sl, None]).exp_().mul_(-go[sl, None])
                 g.scatter_add_(-1, labels[sl, None], go[sl, None])
                 g_low = g.to(ctx.dtype)
                 if grad_h is not None:
@@ -153,7 +167,7 @@ class _HeadLogProb(torch.autograd.Function):
                     grad_b.add_(g.sum(0))
         grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
         grad_b = grad_b.to(bias.dtype) if grad_b is not None and bias is not None else None
-        return grad_h, grad_w, grad_b, None, None
+        return grad_h, grad_w, grad_b, None, None, None
 
 
 def lm_head_logps(
@@ -164,8 +178,9 @@ def lm_head_logps(
     ``log pi(y_t | x, y_<t) = log softmax(W h_t + b)[y_t]``: the quantity of the per-token
     log-ratio r_t (docs/method.md notation, Eq. 9-12), equal to
     ``per_token_logps(lm_head(hidden), labels, mask)`` but without ever materialising the
-    ``[B, T, V]`` logits: only positions where ``mask`` is 1 are projected, ``_CHUNK`` rows at a
-    time, and the backward recomputes each chunk instead of storing it.
+    ``[B, T, V]`` logits: only positions where ``mask`` is 1 are projected, a chunk of rows at a
+    time, and the backward recomputes each chunk instead of storing it, unless the softmax of all
+    masked rows fits ``_KEEP_PROBS`` elements: then the forward keeps it (one matmul saved).
 
     Args:
         hidden: ``[B, T, H]`` final hidden states (after the last norm); ``hidden[:, t]`` scores
@@ -185,7 +200,9 @@ def lm_head_logps(
     mask_b = mask.bool()
     rows = hidden[mask_b]
     safe = labels[mask_b].clamp(0, weight.shape[0] - 1)
-    values = _HeadLogProb.apply(rows, weight, bias, safe, _compute_dtype(hidden))
+    grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    keep = grads and rows.shape[0] * weight.shape[0] <= _KEEP_PROBS
+    values = _HeadLogProb.apply(rows, weight, bias, safe, _compute_dtype(hidden), keep)
     out = torch.zeros((b, t), dtype=torch.float32, device=hidden.device)
     return out.masked_scatter(mask_b, values)
 

@@ -330,7 +330,7 @@ def results_table(results: list[dict[str, Any]], opts: BenchOptions, precision: 
                 "mem x TRL", "targets"):  # fmt: skip
         table.add_column(col, justify="left" if col in ("config", "targets") else "right")
     for r in results:
-        shape = f"{r['vocab_size'] or 'model'} x {r['max_length']}"
+        shape = _shape(r)
         if "error" in r:
             table.add_row(r["config"], shape, *["-"] * 6, f"[red]{escape(r['error'])}[/]")
             continue
@@ -349,14 +349,13 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
              "x TRL time | x TRL memory | targets |", "|---" * 9 + "|"]  # fmt: skip
     for r in results:
         if "error" in r:
-            shape = f"{r['vocab_size'] or 'model'} x {r['max_length']}"
-            lines.append(f"| {r['config']} | {shape} |" + " - |" * 6 + f" {r['error']} |")
+            lines.append(f"| {r['config']} | {_shape(r)} |" + " - |" * 6 + f" {r['error']} |")
             continue
         marks = ", ".join(
             f"{w} <= {lim:g} {'met' if ok else 'MISSED'}" for w, lim, ok in targets(r)
         )
         lines.append(
-            f"| {r['config']} | {r['vocab_size'] or 'model'} x {r['max_length']} | "
+            f"| {r['config']} | {_shape(r)} | "
             f"{r['median_step_s']:.2f} | {r['mean_step_s']:.2f} | {r['tokens_per_s']:.0f} | "
             f"{_peak(r):.0f} | {_ratio(r['ratio_to_trl'])} | {_ratio(r['memory_to_trl'])} | "
             f"{marks} |"
@@ -380,9 +379,13 @@ def memory_table(results: list[dict[str, Any]]) -> str:
             _mb(peak),
             _mb(None if between is None else peak - between),
         ]
-        lines.append(f"| {r['config']} | {r['vocab_size'] or 'model'} x {r['max_length']} | "
-                     + " | ".join(cells) + " |")  # fmt: skip
+        lines.append(f"| {r['config']} | {_shape(r)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _shape(row: dict[str, Any]) -> str:
+    """``"<vocabulary> x <tokens>"``; ``model`` where the model's own vocabulary was used."""
+    return f"{row['vocab_size'] or 'model'} x {row['max_length']}"
 
 
 def _mb(value: float | None) -> str:
