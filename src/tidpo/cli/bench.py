@@ -24,7 +24,7 @@ def bench_command(
     model: Model = None,
     batch: Annotated[int, typer.Option(help="Preference pairs per step.")] = 2,
     max_length: Annotated[int, typer.Option(help="Tokens per sequence (prompt + response).")] = 256,
-    steps: Annotated[int, typer.Option(help="Timed optimiser steps per configuration run.")] = 4,
+    steps: Annotated[int, typer.Option(help="Timed optimiser steps per configuration run.")] = 3,
     warmup: Annotated[int, typer.Option(help="Untimed steps first.")] = 1,
     repeats: Annotated[
         int, typer.Option(help="Rounds over all configurations (order rotated each round).")

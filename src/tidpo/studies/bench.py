@@ -81,7 +81,7 @@ class BenchOptions:
     model: str | None = None
     batch: int = 2
     max_length: int = 256
-    steps: int = 4
+    steps: int = 3
     warmup: int = 1
     repeats: int = 2
     precision: str = "auto"
