@@ -43,7 +43,7 @@ RELEASED: dict[str, Any] = {
 }
 # The paper's method with the end-of-turn and other special tokens taken out of the attribution
 # (their weight from the prior alone): in the medium study (docs/results.md) it beat the paper
-# default on pass rate and win rate with paired intervals clear of 0 (two seeds). Opt-in.
+# default on pass rate and win rate with paired intervals clear of 0 (three seeds). Opt-in.
 SPECIAL_PRIOR: dict[str, Any] = {"special_tokens": "prior"}
 PRESET_VALUES: dict[str, dict[str, Any]] = {
     "paper": {},
