@@ -372,13 +372,9 @@ def memory_table(results: list[dict[str, Any]]) -> str:
     for r in results:
         if "error" in r:
             continue
-        start, between, peak = r.get("setup_mb"), r.get("between_steps_mb"), _peak(r)
-        cells = [
-            _mb(start),
-            _mb(between),
-            _mb(peak),
-            _mb(None if between is None else peak - between),
-        ]
+        between, peak = r.get("between_steps_mb"), _peak(r)
+        step = None if between is None else peak - between
+        cells = [_mb(v) for v in (r.get("setup_mb"), between, peak, step)]
         lines.append(f"| {r['config']} | {_shape(r)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
