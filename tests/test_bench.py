@@ -133,7 +133,9 @@ def test_trl_reference_is_the_policy_at_the_large_vocabulary(
         main(["--worker", config, "--model", str(tiny_model_dir), "--rows", str(rows),
               "--out", str(out), "--steps", "1", "--warmup", "0", "--max-length", "64",
               "--precision", "fp32", "--vocab-size", str(vocab)])  # fmt: skip
-        assert json.loads(out.read_text())["reference_vocab_size"] == vocab, config
+        record = json.loads(out.read_text())
+        assert record["reference_vocab_size"] == vocab, config
+        assert record["checkpointing"] is False, config  # on only with --checkpointing
 
 
 def test_checkpointing_large_vocab_and_profile_through_the_cli(

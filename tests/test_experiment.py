@@ -184,6 +184,20 @@ def test_medium_budget_is_one_pass_in_fp32() -> None:
     assert {"dpo", "tidpo", "uniform", "no-triplet"} <= set(medium.arms or ())
 
 
+@pytest.mark.parametrize("name", sorted(experiment.ARMS))
+def test_every_arm_builds_a_valid_config(name: str, tmp_path: Path) -> None:
+    """Each arm a user can pick with --arms (cap3, logprob-target, ...) gives a TIDPOConfig that
+    validates and carries the arm's settings."""
+    from tidpo.training.config import TIDPOConfig
+
+    arm = experiment.ARMS[name]
+    values = experiment.train_config(experiment.BUDGETS["medium"], arm, 1, 397)
+    cfg = TIDPOConfig(output_dir=str(tmp_path), **values)
+    for key, value in arm.config.items():
+        assert getattr(cfg, key) == value, key
+    assert cfg.seed == 1 and cfg.max_steps == 50
+
+
 def test_noise_study_writes_the_flipped_data(all_run: tuple[Path, dict[str, Any]]) -> None:
     from tidpo.data import bundled_dataset
 

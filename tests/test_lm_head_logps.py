@@ -67,6 +67,29 @@ def test_bf16_autocast_matches_per_token_logps_of_bf16_logits() -> None:
 
 
 @pytest.mark.parametrize("keep", [True, False])
+def test_bf16_autocast_gradients_match_plain_autograd_of_bf16_logits(
+    keep: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under bf16 autocast, both backward paths (kept softmax, re-projection) give the gradients
+    of plain autograd through bf16 logits -> fp32 log_softmax -> gather."""
+    monkeypatch.setattr(logps_mod, "_KEEP_PROBS", 1 << 26 if keep else 0)
+    torch.manual_seed(2)
+    h = torch.randn(2, 40, 32, requires_grad=True)
+    w = torch.randn(300, 32, requires_grad=True)
+    labels = torch.randint(0, 300, (2, 40))
+    mask = (torch.rand(2, 40) > 0.4).float()
+    g = torch.randn(2, 40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = lm_head_logps(h, w, labels, mask)
+        logits = torch.nn.functional.linear(h, w)
+    plain = torch.log_softmax(logits.float(), -1).gather(-1, labels[..., None]).squeeze(-1) * mask
+    got = torch.autograd.grad((ours * g).sum(), [h, w])
+    want = torch.autograd.grad((plain * g).sum(), [h, w])
+    for a, r in zip(got, want, strict=True):
+        assert torch.allclose(a, r, rtol=1e-3, atol=1e-3), (a - r).abs().max()
+
+
+@pytest.mark.parametrize("keep", [True, False])
 def test_projects_masked_rows_only_and_chunk_by_chunk(
     keep: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
