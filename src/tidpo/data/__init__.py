@@ -7,7 +7,7 @@ prompt, pad and end-of-sequence token ids, the batch layout, and the bundled pre
 """
 
 from tidpo.data.collate import PreferenceCollator, left_pad, response_aligned, right_pad
-from tidpo.data.columns import WEIGHT_COLUMNS, parse_columns
+from tidpo.data.columns import WEIGHT_COLUMNS, parse_columns, swap_chosen_rejected
 from tidpo.data.load import DataError, bundled_dataset, load_preferences
 from tidpo.data.tokenize import (
     eos_token_ids,
@@ -35,6 +35,7 @@ __all__ = [
     "response_aligned",
     "response_words",
     "right_pad",
+    "swap_chosen_rejected",
     "token_weights_of",
     "tokenize_dataset",
     "tokenize_row",

@@ -4,6 +4,9 @@
 `parse_columns` turns the text into ``{"prompt": "question", ...}`` and `rename_row` applies it to
 one raw row before validation, so every error names the file's own column.
 
+`swap_chosen_rejected` trades every ``chosen*`` column for its ``rejected*`` twin: the data of a
+reverse-DPO model (``reverse_pairs``; TIS-DPO's contrastive pair needs one).
+
 ``chosen_weights`` / ``rejected_weights`` (used by ``weighting="column"``) hold one non-negative
 number per response token (after the chat template, end-of-turn token included) or one per word
 (`tidpo.data.tokenize.token_weights_of` maps words to tokens). `check_weights` validates the
@@ -14,9 +17,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tidpo.errors import TidpoError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 __all__ = [
     "RENAMABLE",
@@ -26,6 +32,7 @@ __all__ = [
     "check_weights",
     "parse_columns",
     "rename_row",
+    "swap_chosen_rejected",
 ]
 
 RENAMABLE = ("prompt", "chosen", "rejected", "anchor", "chosen_weights", "rejected_weights")
@@ -107,3 +114,15 @@ def check_weights(value: Any, field: str, loc: str) -> list[float]:
     if not any(out):
         raise DataError(f'{loc}: field "{field}": every weight is 0 (the pair would not train)')
     return out
+
+
+def swap_chosen_rejected(ds: Dataset) -> Dataset:
+    """``ds`` with chosen and rejected swapped: every column ``chosen<suffix>`` trades places with
+    ``rejected<suffix>`` (texts, token ids, weight columns), so DPO on the result trains the
+    reverse-DPO model of TIS-DPO's contrastive pair. Other columns are kept as they are."""
+    names = set(ds.column_names)
+    pairs = [(c, "rejected" + c[len("chosen") :]) for c in sorted(names)
+             if c.startswith("chosen") and "rejected" + c[len("chosen") :] in names]  # fmt: skip
+    aside = {c: f"__swap__{c}" for pair in pairs for c in pair}
+    back = {**{f"__swap__{a}": b for a, b in pairs}, **{f"__swap__{b}": a for a, b in pairs}}
+    return ds.rename_columns(aside).rename_columns(back) if pairs else ds

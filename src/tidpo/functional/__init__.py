@@ -1,4 +1,5 @@
-"""The TI-DPO math: pure torch functions, each naming its equation in the paper (docs/method.md).
+"""The TI-DPO math and the other published token weightings: pure torch functions, each naming
+its equation or source (docs/method.md).
 
 Nothing here imports the rest of tidpo; trainers, data and CLI code are thin layers around it.
 """
@@ -21,8 +22,22 @@ from tidpo.functional.baselines import (
     simpo_loss,
     tdpo_loss,
 )
+from tidpo.functional.estimators import (
+    confpo_mask,
+    position_decay,
+    rank_weights,
+    sepo_weights,
+    tgdpo_weights,
+    tis_dpo_weights,
+)
 from tidpo.functional.logps import lm_head_logps, per_token_logps, sequential_kl
 from tidpo.functional.losses import triplet_distances, triplet_loss, weighted_dpo_loss
+from tidpo.functional.repairs import (
+    blend_weights,
+    rank_spread_weights,
+    shared_prefix,
+    tie_shared_prefix,
+)
 from tidpo.functional.weights import (
     attribution_weights,
     cap_weights,
@@ -39,8 +54,10 @@ from tidpo.functional.weights import (
 __all__ = [
     "attribution_from_graph",
     "attribution_weights",
+    "blend_weights",
     "cap_weights",
     "cdpo_loss",
+    "confpo_mask",
     "dpo_loss",
     "fallback_rows",
     "gaussian_prior",
@@ -53,16 +70,24 @@ __all__ = [
     "lm_head_logps",
     "mean_weight_for",
     "per_token_logps",
+    "position_decay",
     "position_ids_from_mask",
     "random_weights",
+    "rank_spread_weights",
+    "rank_weights",
     "response_logprob",
     "robust_loss",
+    "sepo_weights",
     "sequential_kl",
     "sft_loss",
+    "shared_prefix",
     "simpo_loss",
     "softmax_prior_weights",
     "span_positions",
     "tdpo_loss",
+    "tgdpo_weights",
+    "tie_shared_prefix",
+    "tis_dpo_weights",
     "triplet_distances",
     "triplet_loss",
     "uniform_weights",

@@ -10,6 +10,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from tidpo.errors import TidpoError
+from tidpo.training.estimator_options import token_option_problems
 from tidpo.training.precision import Precision, PrecisionError, choose_precision
 from tidpo.training.values import range_problems, type_problem
 
@@ -113,6 +114,24 @@ class TIDPOConfig(TrainingArguments):
     )
     weight_cap: float | None = field(
         default=None, metadata={"help": "Cap any token's weight at this multiple of the mean."}
+    )
+    weight_blend: float | None = field(
+        default=None, metadata={"help": "Blend the weights toward uniform: 1 + l * (w_hat - 1)."}
+    )
+    weight_rank: float | None = field(
+        default=None, metadata={"help": "The weights' ranks mapped into [1 - d, 1 + d]."}
+    )
+    tie_shared_prefix: bool = field(
+        default=False, metadata={"help": "One weight on the start chosen and rejected share."}
+    )
+    confpo: bool = field(
+        default=False, metadata={"help": "ConfPO: only tokens below their response's mean prob."}
+    )
+    position_decay: float | None = field(
+        default=None, metadata={"help": "D2PO: the k-th response token weighs gamma^k."}
+    )
+    reverse_pairs: bool = field(
+        default=False, metadata={"help": "Swap chosen and rejected (reverse DPO, for TIS-DPO)."}
     )
     attribution_target: str = field(
         default="max_logit",
@@ -238,10 +257,14 @@ class TIDPOConfig(TrainingArguments):
         _check("remove_unused_columns", not self.remove_unused_columns,
                "false (tidpo's collator needs its data columns)",
                self.remove_unused_columns)  # fmt: skip
-        if self.weighting == "column" and self.loss in ("simpo", "tdpo"):
-            raise ConfigError(f"weighting: 'column' weighs the log-ratio margin; loss "
-                              f"{self.loss!r} has none to weigh (use tidpo, dpo, cdpo, robust, "
-                              "hinge or ipo)")  # fmt: skip
+        if self.weighting == "column" and self.loss == "tdpo":
+            raise ConfigError(
+                "weighting: 'column' weighs the log-ratio margin; loss 'tdpo' has "
+                "none to weigh (use tidpo, dpo, cdpo, robust, hinge, ipo or simpo)"
+            )
+        problems = token_option_problems(self)
+        if problems:
+            raise ConfigError(problems[0])
         if self.weighting == "column" and self.special_tokens == "prior":
             raise ConfigError(
                 "special_tokens: 'prior' changes how attribution is mixed; "

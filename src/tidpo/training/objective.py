@@ -24,6 +24,7 @@ __all__ = [
     "WeightSettings",
     "label_weights",
     "step_loss",
+    "step_token_factors",
     "token_weights",
     "weight_span_mask",
 ]
@@ -48,6 +49,7 @@ class StepTensors:
     policy_seq_kl: Tensor | None = None  # [2B] sequential KL for TDPO terms (over the response)
     special: Tensor | None = None  # [2B, L] unshifted: the tokenizer's special tokens
     given_weights: Tensor | None = None  # [2B, L] unshifted: the data's weights ("column")
+    input_ids: Tensor | None = None  # [2B, L] unshifted token ids (tie_shared_prefix reads them)
 
 
 def weight_span_mask(attention_mask: Tensor, response_mask: Tensor, span: str) -> Tensor:
@@ -76,6 +78,8 @@ class WeightSettings:
     special_tokens: str = "attribute"
     weight_cap: float | None = None
     attribution_target: str = "max_logit"
+    weight_blend: float | None = None
+    weight_rank: float | None = None
 
     @classmethod
     def of(cls, cfg: Any) -> WeightSettings:
@@ -93,7 +97,8 @@ def token_weights(
 ) -> Tensor:
     """Token weights of the configured ``weighting`` (Eq. 8 for ``hybrid``) on ``span``, detached,
     then the options against collapse: ``special_tokens`` (``prior``: the ``special`` tokens get
-    no attribution share; ``mean``: they get the span's mean weight) and ``weight_cap``.
+    no attribution share; ``mean``: they get the span's mean weight), ``weight_cap``, and the
+    repairs ``weight_blend`` (toward uniform) or ``weight_rank`` (ranks in a bounded range).
 
     ``weighting="column"`` takes ``given`` (the data's per-token weights) on the span, as given:
     not rescaled. ``scores``, ``span``, ``special`` and ``given`` share one coordinate system; the
@@ -110,7 +115,32 @@ def token_weights(
         w = F.mean_weight_for(w, span, special)
     if ws.weight_cap is not None:
         w = F.cap_weights(w, span, ws.weight_cap)
+    if ws.weight_blend is not None:
+        w = F.blend_weights(w, span, ws.weight_blend)
+    if ws.weight_rank is not None:
+        w = F.rank_spread_weights(w, span, ws.weight_rank)
     return w
+
+
+def step_token_factors(cfg: TIDPOConfig, policy_logps: Tensor, response: Tensor) -> Tensor | None:
+    """The per-label factors of the step options over the response labels (shifted, as the
+    log-probs): ConfPO's mask of low-confidence tokens (``confpo``, from the step's own detached
+    log-probs) times D2PO's decay ``gamma^k`` (``position_decay``); None when both are off."""
+    factors: Tensor | None = None
+    if cfg.confpo:
+        factors = F.confpo_mask(policy_logps, response)
+    if cfg.position_decay is not None:
+        decay = F.position_decay(response, cfg.position_decay)
+        factors = decay if factors is None else factors * decay
+    return factors
+
+
+def _tied(cfg: TIDPOConfig, t: StepTensors, w_tok: Tensor, wspan: Tensor, b: int) -> Tensor:
+    """``w_tok`` with each pair's shared prefix tied (``tie_shared_prefix``), else unchanged."""
+    if not cfg.tie_shared_prefix:
+        return w_tok
+    assert t.input_ids is not None, "tie_shared_prefix needs the rows' token ids"
+    return F.tie_shared_prefix(w_tok, F.shared_prefix(t.input_ids[: 2 * b], wspan, b), b)
 
 
 def _base_weights(
@@ -187,7 +217,12 @@ def step_loss(
         special = t.special[: 2 * b] if t.special is not None else None
         given = t.given_weights[: 2 * b] if t.given_weights is not None else None
         w_tok = token_weights(cfg, scores, wspan, generator, special, given)
+        w_tok = _tied(cfg, t, w_tok, wspan, b)
         w = label_weights(w_tok, ratios.shape[1])
+        factors = step_token_factors(cfg, pol[: 2 * b], resp[: 2 * b])
+        if factors is not None:
+            w = w * factors
+            metrics["tokens/kept"] = _f((factors > 0).float().sum(-1) / resp[: 2 * b].sum(-1))
         kl = t.policy_seq_kl
         loss_w, rew_c, rew_r = F.weighted_dpo_loss(
             ratios[c], w[c], resp[c], ratios[r], w[r], resp[r], beta=cfg.beta,
@@ -222,14 +257,22 @@ def step_loss(
             metrics["triplet/d_pos"] = _f(d_pos)
             metrics["triplet/d_neg"] = _f(d_neg)
     else:
+        w_base: Tensor | None = None
         if cfg.weighting == "column":  # the data's weights in the baselines' margins
             assert t.given_weights is not None, "weighting 'column' needs the data's weights"
-            w_tok = token_weights(cfg, None, t.weight_span[: 2 * b], None, None,
-                                  t.given_weights[: 2 * b])  # fmt: skip
-            w = label_weights(w_tok, ratios.shape[1])
-            sums = (w * ratios[: 2 * b]).sum(-1)
-            out.update(token_weights=w_tok, weights=w.detach(), margins=sums.detach())
-        loss, rew_c, rew_r = _baseline(cfg, ratios, pol, resp, sums, t.policy_seq_kl, b)
+            wspan = t.weight_span[: 2 * b]
+            w_tok = token_weights(cfg, None, wspan, None, None, t.given_weights[: 2 * b])
+            w_tok = _tied(cfg, t, w_tok, wspan, b)
+            w_base = label_weights(w_tok, ratios.shape[1])
+            out["token_weights"] = w_tok
+        factors = step_token_factors(cfg, pol[: 2 * b], resp[: 2 * b])
+        if factors is not None:
+            w_base = factors if w_base is None else w_base * factors
+            metrics["tokens/kept"] = _f((factors > 0).float().sum(-1) / resp[: 2 * b].sum(-1))
+        if w_base is not None:
+            sums = (w_base * ratios[: 2 * b]).sum(-1)
+            out.update(weights=w_base.detach(), margins=sums.detach())
+        loss, rew_c, rew_r = _baseline(cfg, ratios, pol, resp, sums, t.policy_seq_kl, b, w_base)
         metrics["loss/dpo_w"] = _f(loss)
     out["losses"] = loss.detach()
     total = loss.mean()
@@ -261,8 +304,14 @@ def _baseline(
     sums: Tensor,
     seq_kl: Tensor | None,
     b: int,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Loss and implicit rewards of the baseline objectives on sequence-level quantities."""
+    """Loss and implicit rewards of the baseline objectives on sequence-level quantities.
+
+    ``sums`` are the (weighted) log-ratio sums. With token ``weights`` (``[2B, L-1]``, labels),
+    SimPO's mean log-prob becomes the weighted mean ``sum w_t log pi_t / sum w_t`` (SePO's and
+    ConfPO's objective on their selected tokens); a pair where either response keeps no weight
+    has loss 0, as in ConfPO's released code."""
     c, r = slice(0, b), slice(b, 2 * b)
     beta = cfg.beta
     rew_c, rew_r = beta * sums[c].detach(), beta * sums[r].detach()
@@ -279,8 +328,14 @@ def _baseline(
         avg = sums / lengths
         return F.ipo_loss(avg[c], avg[r], beta), rew_c, rew_r
     if cfg.loss == "simpo":
-        avg = (pol * span).sum(-1) / lengths
-        loss = F.simpo_loss(avg[c], avg[r], cfg.simpo_beta, cfg.simpo_gamma)
+        if weights is None:
+            avg = (pol * span).sum(-1) / lengths
+            loss = F.simpo_loss(avg[c], avg[r], cfg.simpo_beta, cfg.simpo_gamma)
+        else:
+            mass = weights.sum(-1)
+            avg = (weights * pol[: 2 * b]).sum(-1) / mass.clamp(min=1e-12)
+            kept = (mass[c] > 0) & (mass[r] > 0)
+            loss = F.simpo_loss(avg[c], avg[r], cfg.simpo_beta, cfg.simpo_gamma) * kept
         return loss, cfg.simpo_beta * avg[c].detach(), cfg.simpo_beta * avg[r].detach()
     if cfg.loss == "tdpo":
         assert seq_kl is not None, "tdpo needs the sequential KL"

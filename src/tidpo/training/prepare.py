@@ -5,7 +5,7 @@ from __future__ import annotations
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from tidpo.data import DataError, tokenize_dataset
+from tidpo.data import DataError, swap_chosen_rejected, tokenize_dataset
 from tidpo.training.config import TIDPOConfig
 
 __all__ = ["prepare_dataset"]
@@ -15,9 +15,12 @@ def prepare_dataset(
     ds: Dataset, tokenizer: PreTrainedTokenizerBase, cfg: TIDPOConfig, dataset_id: int = 0
 ) -> Dataset:
     """Tokenize (unless already tokenized), number the rows (``idx``) and tag them with
-    ``dataset_id`` (0: training set, 1..: evaluation sets): the caches key rows by both."""
+    ``dataset_id`` (0: training set, 1..: evaluation sets): the caches key rows by both. With
+    ``reverse_pairs`` chosen and rejected are swapped (`tidpo.data.swap_chosen_rejected`)."""
     if "chosen_ids" not in ds.column_names:
         ds, _ = tokenize_dataset(ds, tokenizer, cfg.max_length)
+    if cfg.reverse_pairs:
+        ds = swap_chosen_rejected(ds)
     ds = ds.remove_columns([c for c in ("idx", "dataset_id") if c in ds.column_names])
     ds = ds.add_column("idx", list(range(len(ds))))
     ds = ds.add_column("dataset_id", [dataset_id] * len(ds))
