@@ -159,9 +159,9 @@ def test_wrong_count_and_missing_column_are_refused(tiny_model_dir: Path, tmp_pa
                                  str(plain), "--weighting", "column", "--max-steps", "1",
                                  "--output-dir", str(out), "--no-report"])  # fmt: skip
     assert result.exit_code == 2 and 'needs "chosen_weights" in every row' in result.stderr
-    simpo = runner.invoke(app, ["train", "--dry-run", "--model", str(tiny_model_dir),
-                                "--loss", "simpo", "--weighting", "column"])  # fmt: skip
-    assert simpo.exit_code == 2 and "simpo" in simpo.stderr
+    tdpo = runner.invoke(app, ["train", "--dry-run", "--model", str(tiny_model_dir),
+                               "--loss", "tdpo", "--weighting", "column"])  # fmt: skip
+    assert tdpo.exit_code == 2 and "loss 'tdpo' has none to weigh" in tdpo.stderr
 
 
 def test_columns_map_other_names(tiny_model_dir: Path, tmp_path: Path) -> None:

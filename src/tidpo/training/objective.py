@@ -222,7 +222,8 @@ def step_loss(
         factors = step_token_factors(cfg, pol[: 2 * b], resp[: 2 * b])
         if factors is not None:
             w = w * factors
-            metrics["tokens/kept"] = _f((factors > 0).float().sum(-1) / resp[: 2 * b].sum(-1))
+        if cfg.confpo and factors is not None:  # the share of each response's tokens kept
+            metrics["confpo/kept"] = _f((factors > 0).float().sum(-1) / resp[: 2 * b].sum(-1))
         kl = t.policy_seq_kl
         loss_w, rew_c, rew_r = F.weighted_dpo_loss(
             ratios[c], w[c], resp[c], ratios[r], w[r], resp[r], beta=cfg.beta,
@@ -268,7 +269,9 @@ def step_loss(
         factors = step_token_factors(cfg, pol[: 2 * b], resp[: 2 * b])
         if factors is not None:
             w_base = factors if w_base is None else w_base * factors
-            metrics["tokens/kept"] = _f((factors > 0).float().sum(-1) / resp[: 2 * b].sum(-1))
+        if cfg.confpo and factors is not None:
+            kept = (factors > 0).float().sum(-1) / resp[: 2 * b].sum(-1)
+            metrics["confpo/kept"] = _f(kept)
         if w_base is not None:
             sums = (w_base * ratios[: 2 * b]).sum(-1)
             out.update(weights=w_base.detach(), margins=sums.detach())
