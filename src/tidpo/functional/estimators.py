@@ -11,6 +11,10 @@ own log-probs (ConfPO) and the token positions (D2PO).
 * SePO (Yang et al., EMNLP 2025, arXiv 2408.13518): `sepo_weights`.
 * ConfPO (Yoon et al., ICML 2025, arXiv 2506.08712): `confpo_mask`.
 * D2PO (Shao et al., ICLR 2025, arXiv 2502.14340): `position_decay`.
+
+The papers' full texts were not available where this was written (their abstracts, SePO's
+reviews and ConfPO's Fig. 1 caption were): each function cites what the paper states and takes
+the exact formula from the authors' released code, naming its file and function.
 """
 
 from __future__ import annotations
@@ -40,11 +44,10 @@ def tgdpo_weights(
 
     ``w_t = 1 + alpha * beta * r_t`` on a chosen response and ``w_t = 1 - alpha * beta * r_t`` on a
     rejected one, with ``r_t = log pi_dpo(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)``. Source: the
-    paper's "practical reward guidance based on the induced DPO reward" (its abstract: a
-    token-level guidance ``f(r_hat)`` in place of DPO's constant ``beta``, ``r_hat = beta * r_t``
-    the DPO model's token reward), as its released code computes it (dvlab-research/TGDPO,
-    src/llamafactory/train/tgdpo/trainer.py, the ``sigmoid`` branch of ``dpo_loss``:
-    ``beta * (1 + tgdpo_alpha * beta * reward_logratios)`` for the chosen tokens,
+    paper's "practical reward guidance based on the induced DPO reward" (its abstract; the stored
+    copy of the paper gave no equation numbers), as its released code computes it
+    (dvlab-research/TGDPO, src/llamafactory/train/tgdpo/trainer.py, ``dpo_loss``, branch
+    ``sigmoid``: ``beta * (1 + tgdpo_alpha * beta * reward_logratios)`` for the chosen tokens,
     ``beta * (1 - tgdpo_alpha * beta * ...)`` for the rejected ones;
     ``tgdpo_alpha: 0.5`` in its example config). With these weights, token-weighted DPO at the same
     ``beta`` is that loss exactly.
@@ -76,7 +79,8 @@ def rank_weights(
     The smallest of a row's ``T`` span values gets ``low``, the largest ``high``, the ``i``-th
     smallest ``low + i / (T - 1) * (high - low)``, and a one-token row gets the midpoint. Equal
     values take consecutive ranks in position order (``ties="order"``) or share their mean rank
-    (``ties="average"``). With ``"order"`` this is TIS-DPO's ``rank_based_transform``
+    (``ties="average"``, which compares every pair of a row's tokens: ``[B, T, T]`` memory).
+    With ``"order"`` this is TIS-DPO's ``rank_based_transform``
     (exlaw/TIS-DPO, preference_datasets.py: a stable sort, ``min_scale + i / (n - 1) *
     (max_scale - min_scale)``, 1.0 for one token, ``[0.7, 1.3]`` by default). Either way the mean
     of a row is the midpoint ``(low + high) / 2``.
