@@ -9,7 +9,6 @@ TIS-DPO's weighted DPO, SePO's SimPO on the mean log-prob of the selected tokens
 
 from __future__ import annotations
 
-import json
 import math
 from functools import cache
 from pathlib import Path
@@ -227,32 +226,3 @@ def test_bad_weights_flags_are_one_line_naming_the_flag(
     assert result.exit_code == 2, result.output
     assert message in result.stderr
     assert not (tmp_path / "w.jsonl").exists()
-
-
-def test_parquet_holds_the_same_weights(seeds: dict[int, Path], tmp_path: Path) -> None:
-    """The parquet form holds the same numbers as the JSONL form."""
-    data = write_rows(tmp_path / "pairs.jsonl", ROWS)
-    outs = []
-    for suffix in (".jsonl", ".parquet"):
-        out = tmp_path / f"w{suffix}"
-        args = [
-            "weights",
-            "--dataset",
-            str(data),
-            "--out",
-            str(out),
-            "--method",
-            "sepo",
-            "--model",
-            str(seeds[0]),
-            "--dpo-model",
-            str(seeds[1]),
-            "--precision",
-            "fp32",
-        ]
-        result = runner.invoke(app, args)
-        assert result.exit_code == 0, result.output
-        outs.append(load_preferences(out).to_list())
-    assert [r["chosen_weights"] for r in outs[0]] == [r["chosen_weights"] for r in outs[1]]
-    first = json.loads((tmp_path / "w.jsonl").read_text().splitlines()[0])
-    assert set(first["chosen_weights"]) <= {0.0, 1.0}
