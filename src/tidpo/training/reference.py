@@ -27,6 +27,7 @@ __all__ = [
     "ReferenceCache",
     "data_fingerprint",
     "frozen_copy",
+    "load_reference",
     "model_fingerprint",
     "score_rows",
     "shared_cache",
@@ -53,6 +54,18 @@ def frozen_copy(model: nn.Module, linear_dtype: torch.dtype | None = None) -> nn
             if type(module) is nn.Linear and module.weight is not tied:
                 module.to(linear_dtype)
     return ref
+
+
+def load_reference(name: str, trust_remote_code: bool = False) -> nn.Module:
+    """The reference named by ``TIDPOConfig.ref_model`` (a local model folder, a ``.gguf`` file
+    or ``default``: `tidpo.training.models.resolve_model`), checked and loaded in fp32."""
+    from tidpo.training.models import check_model_folder, load_causal_lm, resolve_model
+
+    path = resolve_model(name)
+    check_model_folder(path, trust_remote_code)
+    model: nn.Module = load_causal_lm(path, dtype=torch.float32,
+                                      trust_remote_code=trust_remote_code)  # fmt: skip
+    return model
 
 
 def model_fingerprint(model: nn.Module) -> str:

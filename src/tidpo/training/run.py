@@ -90,7 +90,8 @@ def run_training(
     `RunError`. ``--resume`` continues from the newest *complete* checkpoint.
     """
     from tidpo.data import DataError, load_preferences, tokenize_dataset
-    from tidpo.training.models import load_causal_lm, load_tokenizer, resolve_model
+    from tidpo.training.models import load_causal_lm, load_tokenizer
+    from tidpo.training.reference import load_reference
     from tidpo.training.trainer import TIDPOTrainer
 
     console = console or Console()
@@ -120,10 +121,8 @@ def run_training(
     )
     if opts.lora:
         model = _with_lora(model, opts.lora_r)
-    ref = None
-    if cfg.ref_model:
-        ref = load_causal_lm(resolve_model(cfg.ref_model), dtype=torch.float32,
-                             trust_remote_code=opts.trust_remote_code)  # fmt: skip
+    # cfg.ref_model as the trainer would load it, but with --trust-remote-code
+    ref = load_reference(cfg.ref_model, opts.trust_remote_code) if cfg.ref_model else None
     try:
         with tensorboard_dir(out / "tb"):  # read when the Trainer builds its callbacks
             trainer = TIDPOTrainer(model=model, args=cfg, train_dataset=ds,

@@ -37,7 +37,7 @@ from tidpo.training.forward import (
 )
 from tidpo.training.objective import StepTensors, step_loss, weight_span_mask
 from tidpo.training.prepare import prepare_dataset
-from tidpo.training.reference import ReferenceCache, frozen_copy, shared_cache
+from tidpo.training.reference import ReferenceCache, frozen_copy, load_reference, shared_cache
 from tidpo.training.sharding import (
     StepModel,
     fsdp_on_cpu,
@@ -72,8 +72,9 @@ class TIDPOTrainer(Trainer):
         train_dataset / eval_dataset: preference rows (`tidpo.data.load_preferences`), raw or
             already tokenized.
         processing_class: the tokenizer.
-        ref_model: the reference; None means a frozen copy of the policy (or, for a PEFT model,
-            the policy with its adapter disabled, so no second model is held).
+        ref_model: the reference; None means the model at ``args.ref_model`` when that is set,
+            else a frozen copy of the policy (or, for a PEFT model, the policy with its adapter
+            disabled, so no second model is held).
     """
 
     args: TIDPOConfig
@@ -166,6 +167,8 @@ class TIDPOTrainer(Trainer):
         """The live reference model and, with ``precompute_ref``, one cache per dataset."""
         args = self.args
         policy: nn.Module = self.model  # type: ignore[assignment]
+        if ref_model is None and args.ref_model:
+            ref_model = load_reference(args.ref_model)
         if ref_model is None and not self.is_peft:
             # Its forwards all run under autocast_context: store the linears cast once.
             lowp = {"bf16": torch.bfloat16, "fp16": torch.float16}
