@@ -92,3 +92,69 @@ def test_cli_eval_strategy_without_eval_dataset_is_one_line(
                                       "--output-dir", str(tmp_path / "r"), "--set",
                                       f"eval_dataset={missing}"])  # fmt: skip
     assert result.exit_code == 2 and f"{missing}: file not found" in result.output
+
+
+def _eval_trainer(model_dir: Path, tmp_path: Path, **kw: Any) -> Any:
+    from datasets import Dataset
+
+    from tidpo.training.config import TIDPOConfig
+    from tidpo.training.trainer import TIDPOTrainer
+
+    cfg = TIDPOConfig(**{**dict(output_dir=str(tmp_path / "out"), use_cpu=True, max_steps=1,
+                                per_device_train_batch_size=2, per_device_eval_batch_size=2,
+                                save_strategy="no", max_length=64, seed=0, report_to="none",
+                                disable_tqdm=True, precision="fp32", anchor_source="none"),
+                         **kw})  # fmt: skip
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    data = Dataset.from_list(EVAL_PAIRS)
+    return TIDPOTrainer(model=model, args=cfg, train_dataset=data, eval_dataset=data,
+                        processing_class=tok)  # fmt: skip
+
+
+def _saved_bytes(model: Any, fn: Any) -> tuple[int, Any]:
+    """Bytes of the tensors autograd saves for a backward while ``fn()`` runs (each storage once,
+    parameters left out: they are held anyway), and ``fn()``'s result."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: list[torch.Tensor] = []  # alive until counted, so no storage address is reused
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        kept.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in kept}
+    return sum(n for ptr, n in storages.items() if ptr not in params), out
+
+
+def test_evaluation_without_attribution_builds_no_graph(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    trainer = _eval_trainer(tiny_model_dir, tmp_path, loss="dpo")
+    saved, metrics = _saved_bytes(trainer.model, trainer.evaluate)
+    assert metrics["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference
+    assert saved == 0
+
+
+def test_evaluation_keeps_only_the_attribution_graph(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """With attribution and gradient checkpointing, evaluate() keeps less for its backward than
+    a training step of the same batch (it used to keep every activation: eval mode turned the
+    checkpointing off, and the parameters' and log-probs' graphs were built too), and its loss
+    is the training step's loss."""
+    trainer = _eval_trainer(tiny_model_dir, tmp_path, loss="tidpo", activation_checkpointing=True)
+    trainer.train()  # one step: the Trainer turns gradient checkpointing on as it starts
+    model = trainer.model
+    model.zero_grad(set_to_none=True)
+    flags = [p.requires_grad for p in model.parameters()]
+    eval_saved, metrics = _saved_bytes(model, trainer.evaluate)
+    assert [p.requires_grad for p in model.parameters()] == flags  # restored
+    assert all(p.grad is None for p in model.parameters())
+    ds = trainer.eval_dataset
+    batch = trainer.data_collator([ds[i] for i in range(len(ds))])
+    model.train()
+    train_saved, loss = _saved_bytes(model, lambda: trainer.compute_loss(model, batch))
+    assert model.model.layers[0].gradient_checkpointing and train_saved > 0
+    print(f"saved for backward: evaluate {eval_saved} B, training step {train_saved} B")
+    assert eval_saved < train_saved / 2
+    assert metrics["eval_loss"] == pytest.approx(float(loss.detach()), abs=1e-6)

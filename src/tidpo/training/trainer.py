@@ -10,7 +10,6 @@ distribution) is the Trainer's.
 
 from __future__ import annotations
 
-import contextlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,9 @@ from tidpo.training.callbacks import MetricsFileCallback, NonFiniteGuard, NonFin
 from tidpo.training.config import TIDPOConfig
 from tidpo.training.forward import (
     Forward,
+    attribution_graph,
     attribution_target,
+    disable_dropout,
     head_agrees,
     output_head,
     reference_logps,
@@ -48,13 +49,6 @@ from tidpo.training.sharding import (
 )
 
 __all__ = ["MetricsFileCallback", "NonFiniteLossError", "TIDPOTrainer", "prepare_dataset"]
-
-
-def _disable_dropout(model: nn.Module) -> None:
-    """Dropout off in the policy (as TRL does): attribution and log-probs see the same network."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
 
 
 def _stack(top: Tensor, bottom: Tensor) -> Tensor:
@@ -92,7 +86,7 @@ class TIDPOTrainer(Trainer):
         self.pad_token_id = pad_token_id(processing_class, model)
         self.special_ids = torch.tensor(sorted(set(processing_class.all_special_ids)),
                                         dtype=torch.long)  # fmt: skip
-        _disable_dropout(model)
+        disable_dropout(model)
         train_dataset = prepare_dataset(train_dataset, processing_class, args)
         if isinstance(eval_dataset, dict):
             eval_dataset = {name: prepare_dataset(d, processing_class, args, i + 1)
@@ -260,7 +254,10 @@ class TIDPOTrainer(Trainer):
             head = output_head(unwrapped) if self._fused else None
             fwd = run_forward(model, ids, am, attribute=attribute, full_logits=full_logits,
                               head=head, embed_from=unwrapped)  # fmt: skip
-            agrees, logps = not check or head_agrees(fwd), token_logps(fwd, ids, mask)
+            # evaluation: the log-probs need a graph only as the attribution's target
+            grad = model.training or self.args.attribution_target == "response_logprob"
+            with torch.set_grad_enabled(torch.is_grad_enabled() and grad):
+                agrees, logps = not check or head_agrees(fwd), token_logps(fwd, ids, mask)
             scores = None
         if check:
             self._fused_checked = True
@@ -305,7 +302,8 @@ class TIDPOTrainer(Trainer):
                 ref_lp, ref_logits = self._reference_logps(model, ids, am, response, rows,
                                                            need_logits)  # fmt: skip
                 if ref_logits is not None and fwd.keep is None:
-                    seq_kl = F.sequential_kl(fwd.logits[:, :-1], ref_logits, response)
+                    with torch.set_grad_enabled(torch.is_grad_enabled() and model.training):
+                        seq_kl = F.sequential_kl(fwd.logits[:, :-1], ref_logits, response)
             if anchors is not None:
                 # Anchor rows: a forward of their own, at their own (usually shorter) width.
                 a_ids, a_am, a_rm = anchors
@@ -350,12 +348,14 @@ class TIDPOTrainer(Trainer):
         prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        """Evaluation loss; attribution needs a graph, so gradients are on (nothing is stepped)."""
+        """Evaluation loss without a training step's graph: none without attribution; with it,
+        the attribution's alone (`attribution_graph`; sharded, the parameters stay as they are).
+        Its gradient goes to the embeddings only: no parameter's ``.grad`` is touched."""
         inputs = self._prepare_inputs(inputs)
-        grad = torch.enable_grad() if self.args.needs_attribution else contextlib.nullcontext()
-        with grad, self.compute_loss_context_manager():
+        needs = self.args.needs_attribution
+        graph = attribution_graph(model, freeze=not self.sharded) if needs else torch.no_grad()
+        with graph, self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
-        model.zero_grad(set_to_none=True)
         return loss.detach(), None, None
 
     def _save(
