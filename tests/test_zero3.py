@@ -9,6 +9,8 @@ partitioned (``zero.Init``) and the trainer wraps a `StepModel`.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -85,3 +87,37 @@ def test_zero3_a_nonfinite_loss_stops_the_run(
     log, _ = proc.communicate(timeout=400)
     assert proc.returncode != 0
     assert "non-finite loss at step 2 under DeepSpeed, which has already applied the step" in log
+
+
+def test_zero3_standalone_evaluate_equals_one_process(
+    tiny_model_dir: Path, data: Path, tmp_path: Path
+) -> None:
+    """``evaluate()`` before any training (no engine yet: the Trainer builds one for inference)
+    with a reference loaded from ``ref_model`` (partitioned by ZeRO-3 as it loads, so the
+    trainer gathers a full copy): the same loss and metrics as one process, TRL's names."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import ddp_worker
+
+    half = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    for p in half.parameters():
+        p.data.mul_(0.5)
+    half.save_pretrained(tmp_path / "half")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "half")
+    spec = (f"evaluate_only=1,ref_model={tmp_path / 'half'},anchor_source=column,"
+            "per_device_eval_batch_size=2")  # fmt: skip
+    proc = _launch(tiny_model_dir, data, tmp_path / "two", f"eval:{spec}")
+    try:
+        (tmp_path / "one").mkdir()
+        ddp_worker._run(str(tiny_model_dir), str(data), tmp_path / "one", 1, "eval", spec)
+        log, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, log[-4000:]
+    one = json.loads((tmp_path / "one" / "eval.eval.rank0.json").read_text())
+    two = [json.loads((tmp_path / "two" / f"eval.eval.rank{r}.json").read_text()) for r in (0, 1)]
+    assert abs(one["eval_loss"] - math.log(2)) > 1e-3  # the halved reference shows
+    for key in ("eval_loss", "eval_rewards/margins", "eval_rewards/accuracies",
+                "eval_logps/chosen", "eval_triplet/loss"):  # fmt: skip
+        assert two[0][key] == two[1][key] == pytest.approx(one[key], abs=1e-5), key

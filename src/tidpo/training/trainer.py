@@ -43,6 +43,7 @@ from tidpo.training.sharding import (
     StepModel,
     fsdp_on_cpu,
     gathered,
+    is_partitioned,
     register_zero3_head,
     sync_from_main,
     unwrap_step_model,
@@ -163,11 +164,12 @@ class TIDPOTrainer(Trainer):
         policy: nn.Module = self.model  # type: ignore[assignment]
         if ref_model is None and args.ref_model:
             ref_model = load_reference(args.ref_model)
-        if ref_model is None and not self.is_peft:
+        source = policy if ref_model is None and not self.is_peft else ref_model
+        if source is not None and (source is policy or is_partitioned(source)):
             # Its forwards all run under autocast_context: store the linears cast once.
             lowp = {"bf16": torch.bfloat16, "fp16": torch.float16}
-            with gathered(policy):  # ZeRO-3 loaded it partitioned: copy the full weights
-                ref_model = frozen_copy(policy, lowp.get(str(self.accelerator.mixed_precision)))
+            with gathered(source):  # ZeRO-3 loaded it partitioned: copy the full weights
+                ref_model = frozen_copy(source, lowp.get(str(self.accelerator.mixed_precision)))
         if ref_model is not None:
             ref_model.eval()
             for p in ref_model.parameters():
@@ -275,7 +277,8 @@ class TIDPOTrainer(Trainer):
         num_items_in_batch: Any = None,
     ) -> Any:
         cfg = self.args
-        mode = "train" if model.training else "eval"
+        # the module's own flag: a DeepSpeed engine's `training` stays True through eval()
+        mode = "train" if self.accelerator.unwrap_model(model).training else "eval"
         ids, am, rm = inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"]
         b = ids.shape[0] // 2
         need_logits = cfg.needs_full_logits
@@ -302,7 +305,7 @@ class TIDPOTrainer(Trainer):
                 ref_lp, ref_logits = self._reference_logps(model, ids, am, response, rows,
                                                            need_logits)  # fmt: skip
                 if ref_logits is not None and fwd.keep is None:
-                    with torch.set_grad_enabled(torch.is_grad_enabled() and model.training):
+                    with torch.set_grad_enabled(torch.is_grad_enabled() and mode == "train"):
                         seq_kl = F.sequential_kl(fwd.logits[:, :-1], ref_logits, response)
             if anchors is not None:
                 # Anchor rows: a forward of their own, at their own (usually shorter) width.
