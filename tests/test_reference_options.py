@@ -79,3 +79,39 @@ def test_config_ref_model_path_is_the_reference(
     step1 = next(h for h in trainer.state.log_history if "loss" in h)
     assert step1["loss"] == pytest.approx(loss, abs=1e-5)
     assert step1["rewards/margins"] == pytest.approx(float(0.1 * margin.mean()), abs=1e-5)
+
+
+def test_reference_cache_holds_the_models_own_logps_when_its_head_is_not_plain(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model whose logits are not ``lm_head(hidden)`` (scaled in its forward, which no config
+    field says): the cache (``precompute_ref``) holds the log-probs of the model's own logits,
+    and step 1 of DPO is ln 2 (policy = reference). The cache used to be scored through the
+    fused head before the check that the head agrees with the model had run."""
+    from transformers import LlamaForCausalLM
+
+    class ScaledLogits(LlamaForCausalLM):
+        def forward(self, *args: Any, logits_to_keep: Any = 0, **kwargs: Any) -> Any:
+            out = super().forward(*args, logits_to_keep=logits_to_keep, **kwargs)
+            out.logits = out.logits * 1.7
+            return out
+
+    monkeypatch.setenv("TIDPO_CACHE", str(tmp_path / "cache"))
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = ScaledLogits.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    cfg = _config(tmp_path, loss="dpo", precompute_ref=True)
+    trainer = TIDPOTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(PAIRS),
+                           processing_class=tok)  # fmt: skip
+    assert trainer.ref_cache is not None
+    ds = trainer.train_dataset
+    batch = trainer.data_collator([ds[i] for i in range(len(ds))])
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    mask = batch["response_mask"][:, 1:]
+    own = torch.log_softmax(logits[:, :-1].double(), -1)
+    own = own.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1) * mask
+    cached = trainer.ref_cache.lookup(batch["idx"], mask)
+    assert torch.allclose(cached.double(), own, atol=1e-5)
+    trainer.train()
+    step1 = next(h for h in trainer.state.log_history if "loss" in h)
+    assert step1["loss"] == pytest.approx(math.log(2), abs=1e-6)

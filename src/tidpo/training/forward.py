@@ -23,8 +23,9 @@ from torch import Tensor, nn
 
 from tidpo import functional as F
 
-__all__ = ["Forward", "attribution_graph", "attribution_target", "disable_dropout", "head_agrees",
-           "output_head", "reference_logps", "run_forward", "token_logps"]  # fmt: skip
+__all__ = ["Forward", "attribution_graph", "attribution_target", "disable_dropout",
+           "fused_head_agrees", "head_agrees", "output_head", "reference_logps", "run_forward",
+           "token_logps"]  # fmt: skip
 
 # Config fields that make logits more than ``lm_head(hidden)`` (softcapping, scaling).
 _HEAD_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier",
@@ -108,6 +109,18 @@ def head_agrees(fwd: Forward) -> bool:
     if ours.shape != fwd.logits.shape:  # the model ignored logits_to_keep
         return False
     return bool(torch.allclose(fwd.logits.float(), ours.float(), rtol=1e-3, atol=1e-3))
+
+
+def fused_head_agrees(model: nn.Module, ids: Tensor, am: Tensor, disable_adapter: bool = False
+                      ) -> bool:  # fmt: skip
+    """Whether ``model`` (with its adapter off: ``disable_adapter``) has a plain output head
+    (`output_head`) that gives its own logits on this batch (`head_agrees`), without gradient."""
+    head = output_head(model)
+    if head is None:
+        return False
+    ctx: Any = model.disable_adapter() if disable_adapter else contextlib.nullcontext()  # type: ignore[operator]
+    with torch.no_grad(), ctx:
+        return head_agrees(run_forward(model, ids, am, head=head))
 
 
 def token_logps(fwd: Forward, ids: Tensor, mask: Tensor) -> Tensor:

@@ -36,14 +36,12 @@ from tidpo.training.forward import (
     run_forward,
     token_logps,
 )
-from tidpo.training.objective import StepTensors, step_loss, weight_span_mask
+from tidpo.training.objective import RandomDraws, StepTensors, step_loss, weight_span_mask
 from tidpo.training.prepare import prepare_dataset
-from tidpo.training.reference import ReferenceCache, frozen_copy, load_reference, shared_cache
+from tidpo.training.reference import ReferenceCache, live_reference, shared_cache
 from tidpo.training.sharding import (
     StepModel,
     fsdp_on_cpu,
-    gathered,
-    is_partitioned,
     register_zero3_head,
     sync_from_main,
     unwrap_step_model,
@@ -105,6 +103,7 @@ class TIDPOTrainer(Trainer):
         )
         self.loss_is_scaled_for_ga = False  # compute_loss returns a batch mean
         self.guard = NonFiniteGuard(self)
+        self.random_draws = RandomDraws(args.seed)
         self.add_callback(self.guard)
         self._metrics: dict[str, dict[str, list[float]]] = {
             "train": defaultdict(list),
@@ -161,20 +160,11 @@ class TIDPOTrainer(Trainer):
     def _setup_reference(self, ref_model: nn.Module | None, datasets: list[Dataset]) -> None:
         """The live reference model and, with ``precompute_ref``, one cache per dataset."""
         args = self.args
+        lowp = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the reference runs in autocast
+        dtype = lowp.get(str(self.accelerator.mixed_precision))
         policy: nn.Module = self.model  # type: ignore[assignment]
-        if ref_model is None and args.ref_model:
-            ref_model = load_reference(args.ref_model)
-        source = policy if ref_model is None and not self.is_peft else ref_model
-        if source is not None and (source is policy or is_partitioned(source)):
-            # Its forwards all run under autocast_context: store the linears cast once.
-            lowp = {"bf16": torch.bfloat16, "fp16": torch.float16}
-            with gathered(source):  # ZeRO-3 loaded it partitioned: copy the full weights
-                ref_model = frozen_copy(source, lowp.get(str(self.accelerator.mixed_precision)))
-        if ref_model is not None:
-            ref_model.eval()
-            for p in ref_model.parameters():
-                p.requires_grad_(False)
-            ref_model = ref_model.to(args.device)
+        ref_model = live_reference(policy, ref_model, args.ref_model, self.is_peft, dtype,
+                                   args.device)  # fmt: skip
         if args.precompute_ref:
             for ds in datasets:
                 self.ref_caches[int(ds[0]["dataset_id"])] = self._build_cache(ref_model, ds)
@@ -319,8 +309,9 @@ class TIDPOTrainer(Trainer):
             target = attribution_target(fwd, pair_lp, am, cfg.attribution_target)
             scores = F.attribution_from_graph(target, fwd.embeds, am)
         gen = None
-        if cfg.loss == "tidpo" and cfg.weighting == "random":
-            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.state.global_step)
+        if cfg.loss == "tidpo" and cfg.weighting == "random":  # per micro-batch and process
+            step, rank = self.state.global_step, self.accelerator.process_index
+            gen = self.random_draws.generator(step, rank, mode == "train")
         wspan = weight_span_mask(am, rm, cfg.weight_span)
         special = torch.isin(ids, self.special_ids.to(ids.device)) if cfg.loss == "tidpo" else None
         given = inputs.get("token_weights") if cfg.weighting == "column" else None
