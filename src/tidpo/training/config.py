@@ -200,6 +200,11 @@ class TIDPOConfig(TrainingArguments):
             choice = choose_precision(requested, use_cpu=bool(self.use_cpu))
         except PrecisionError as err:
             raise ConfigError(str(err)) from None
+        if choice.name == "fp16" and self.needs_attribution:
+            field = "precision" if "precision" in explicit or not flags else "fp16"
+            raise ConfigError(f"{field}: fp16 would underflow the attribution gradients of "
+                              f"weighting {self.weighting!r} (its backward is not loss-scaled); "
+                              "use bf16 or fp32, or a weighting without attribution")  # fmt: skip
         self.bf16, self.fp16 = choice.name == "bf16", choice.name == "fp16"
         if choice.name == "bf16" and choice.device == "cpu":
             self.use_cpu = True  # TrainingArguments runs bf16 on a CPU only when told so
