@@ -158,3 +158,22 @@ def test_evaluation_keeps_only_the_attribution_graph(tiny_model_dir: Path, tmp_p
     print(f"saved for backward: evaluate {eval_saved} B, training step {train_saved} B")
     assert eval_saved < train_saved / 2
     assert metrics["eval_loss"] == pytest.approx(float(loss.detach()), abs=1e-6)
+
+
+def test_cli_eval_dataset_rows_are_checked_naming_its_file(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """With ``anchor_source: column`` an eval row without an anchor: one line naming the eval
+    file (not the training file), before the model loads."""
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({**r, "anchor": "Fine."}) + "\n" for r in EVAL_PAIRS))
+    pairs = _write_pairs(tmp_path / "pairs.jsonl")
+    result = CliRunner().invoke(app, ["train", "--model", str(tiny_model_dir), "--no-report",
+                                      "--dataset", str(train), "--output-dir", str(tmp_path / "r"),
+                                      "--set", f"eval_dataset={pairs}",
+                                      "--set", "anchor_source=column"])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {pairs}: anchor_source 'column' needs an 'anchor' value in every row"
+    )
+    assert "Loading weights" not in result.output

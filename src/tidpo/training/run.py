@@ -109,11 +109,9 @@ def run_training(
     say(escape(describe_optimisation(cfg)), soft_wrap=True)
     tokenizer = load_tokenizer(model_path, trust_remote_code=opts.trust_remote_code)
     # Data first: a bad row stops the run before the model loads.
-    ds = _tokenized(data_path, opts.columns, tokenizer, cfg.max_length, say)
+    ds = _tokenized(data_path, opts.columns, tokenizer, cfg, say)
     eval_path = Path(opts.eval_dataset) if opts.eval_dataset else None
-    eval_ds = (
-        _tokenized(eval_path, opts.columns, tokenizer, cfg.max_length, say) if eval_path else None
-    )
+    eval_ds = _tokenized(eval_path, opts.columns, tokenizer, cfg, say) if eval_path else None
     # Every process (and a run with any number of them) builds the same adapter.
     set_seed(cfg.seed)
     model = load_causal_lm(
@@ -169,20 +167,23 @@ def run_training(
     return out
 
 
-def _tokenized(path: Path, columns: str | None, tokenizer: Any, max_length: int,
+def _tokenized(path: Path, columns: str | None, tokenizer: Any, cfg: TIDPOConfig,
                say: Callable[..., None]) -> Any:  # fmt: skip
     """The preference file at ``path``, tokenized (rows with no response token left after
-    truncation are dropped, and said); a bad row raises `DataError` naming the file."""
+    truncation are dropped, and said) and checked for the run's columns (anchors, weights); a
+    bad row raises `DataError` naming the file."""
     from tidpo.data import DataError, load_preferences, tokenize_dataset
+    from tidpo.training.prepare import prepare_dataset
 
     rows = load_preferences(path, columns=columns)  # its errors name the file and the row
     try:
-        ds, dropped = tokenize_dataset(rows, tokenizer, max_length)
+        ds, dropped = tokenize_dataset(rows, tokenizer, cfg.max_length)
+        prepare_dataset(ds, tokenizer, cfg)  # what the trainer will ask of its rows
     except DataError as err:
         raise DataError(f"{path}: {err}") from None
     if dropped:
         say(f"{escape(str(path))}: dropped {dropped} of {dropped + len(ds)} rows with no "
-            f"response token left after truncation to max_length={max_length}",
+            f"response token left after truncation to max_length={cfg.max_length}",
             soft_wrap=True)  # fmt: skip
     return ds
 
