@@ -9,7 +9,9 @@ to ``<out>/<tag>.safetensors``.
 Usage: ddp_worker.py MODEL_DIR DATA.jsonl OUT_DIR BATCH TAG:FIELD=VALUE,FIELD=VALUE [TAG:... ...]
 (for instance ``tidpo:loss=tidpo,anchor_source=column``; values are read as JSON when they parse;
 ``nan_on_rank0_at_call=K`` makes rank 0's K-th loss non-finite; ``lora=R`` trains a LoRA adapter
-of rank R). Under FSDP2 (tests/test_fsdp.py) the weights written are the gathered full ones.
+of rank R; ``evaluate_only=1`` only runs a standalone ``evaluate()`` on the data and writes its
+metrics to ``<out>/<tag>.eval.rank<R>.json``). Under FSDP2 (tests/test_fsdp.py) the weights
+written are the gathered full ones.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def _run(model_dir: str, data: str, out: Path, batch: int, tag: str, spec: str) 
     )
     nan_at = int(overrides.pop("nan_on_rank0_at_call", 0))  # fault injection, not a config field
     lora = int(overrides.pop("lora", 0))
+    evaluate_only = bool(overrides.pop("evaluate_only", 0))
     values.update(overrides)
     cfg = TIDPOConfig(**values)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -74,9 +77,14 @@ def _run(model_dir: str, data: str, out: Path, batch: int, tag: str, spec: str) 
                 task_type="CAUSAL_LM",
             ),
         )
-    trainer = TIDPOTrainer(
-        model=model, args=cfg, train_dataset=load_preferences(data), processing_class=tok
-    )
+    trainer = TIDPOTrainer(model=model, args=cfg, train_dataset=load_preferences(data),
+                           eval_dataset=load_preferences(data) if evaluate_only else None,
+                           processing_class=tok)  # fmt: skip
+    if evaluate_only:
+        metrics = trainer.evaluate()
+        rank = trainer.accelerator.process_index
+        (out / f"{tag}.eval.rank{rank}.json").write_text(json.dumps(metrics))
+        return
     seen: list[int] = []
     real_compute_loss = trainer.compute_loss
 

@@ -284,6 +284,19 @@ def test_trust_remote_code_is_off_unless_passed(
 # ------------------------------------------------------------------------- the output folder
 
 
+def test_output_dir_where_no_file_can_be_made_is_one_line_before_the_model_loads(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Under /proc a folder cannot be made, even by root (for whom the permission bits say
+    "writable"): one line naming the option, exit 2, before anything loads (it used to end
+    after the model had loaded in ``internal error: FileNotFoundError``, exit 1)."""
+    out = Path("/proc") / f"tidpo-{tmp_path.name}" / "run"
+    result = _train("--model", str(tiny_model_dir), "--output-dir", str(out), *FAST)
+    line = _error_line(result)
+    assert line.startswith(f"error: --output-dir {out}: cannot be created")
+    assert "Loading weights" not in result.output and not out.parent.exists()
+
+
 def test_output_folder_already_holding_a_run_is_left_alone(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:

@@ -94,7 +94,7 @@ def test_two_processes_train_like_one_with_twice_the_batch(runs: Path, tag: str)
     assert ranks[0]["losses"] == ranks[1]["losses"]
     diff = max(abs(a - b) for a, b in zip(one["losses"], ranks[0]["losses"], strict=True))
     print(f"{tag}: max |loss(2 x 1) - loss(1 x 2)| over 3 steps = {diff:.2e}")
-    assert len(one["losses"]) == 3 and diff < 1e-4
+    assert len(one["losses"]) == 3 and diff < 1e-6  # measured 1.2e-7 (docs/scale-out.md)
     assert ranks[0]["weight_sum"] == ranks[1]["weight_sum"]  # the replicas stay identical
     w1 = load_file(str(runs / "one" / f"{tag}.safetensors"))
     w2 = load_file(str(runs / "two" / f"{tag}.safetensors"))

@@ -47,7 +47,9 @@ def test_training_runs_on_the_gpu_in_the_auto_precision(
 
 
 def test_fp16_trains_with_loss_scaling(tiny_model_dir: Path, tmp_path: Path) -> None:
-    trainer = _trainer(tiny_model_dir, _gpu_config(tmp_path, max_steps=2, precision="fp16"))
+    # fp16 with attribution is refused (tests/test_precision.py): the prior weights here
+    cfg = _gpu_config(tmp_path, max_steps=2, precision="fp16", weighting="prior")
+    trainer = _trainer(tiny_model_dir, cfg)
     assert trainer.args.fp16 and trainer.accelerator.scaler is not None
     trainer.train()
     assert all(math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tidpo.functional import logps as logps_mod
@@ -81,3 +82,56 @@ def test_sequential_kl_zero_for_equal_and_matches_manual() -> None:
     assert torch.all(kl > 0)
     kl.sum().backward()
     assert pol.grad is not None and torch.all(pol.grad[0, 3:] == 0)
+
+
+def _plain_seq_kl(pol: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The formula as written, in float64 autograd."""
+    ref_lp = torch.log_softmax(ref.double(), -1)
+    pol_lp = torch.log_softmax(pol.double(), -1)
+    return ((ref_lp.exp() * (ref_lp - pol_lp)).sum(-1) * mask).sum(-1)
+
+
+def test_sequential_kl_values_and_gradient_equal_the_float64_formula() -> None:
+    torch.manual_seed(3)
+    # several chunks of positions (chunk size made small), fp32 and bf16 inputs
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(logps_mod, "_rows_per_chunk", lambda v: 7)
+        # bf16: the gradient comes back in bf16 (8 bits of mantissa: relative 2^-8 per element)
+        for dtype, tol, grad_rtol in ((torch.float32, 1e-5, 1e-5), (torch.bfloat16, 1e-4, 2**-7)):
+            pol = torch.randn(3, 11, 40).to(dtype).requires_grad_(True)
+            ref = torch.randn(3, 11, 40).to(dtype)
+            ref_copy = ref.clone()
+            mask = (torch.rand(3, 11) > 0.3).long()
+            w = torch.randn(3)
+            ours = sequential_kl(pol, ref, mask)
+            (g_ours,) = torch.autograd.grad((ours * w).sum(), pol)
+            pol64 = pol.detach().double().requires_grad_(True)
+            plain = _plain_seq_kl(pol64, ref.double(), mask)
+            (g_plain,) = torch.autograd.grad((plain * w.double()).sum(), pol64)
+            assert ours.dtype == torch.float32 and g_ours.dtype == dtype
+            assert torch.allclose(ours.double(), plain, atol=tol, rtol=tol)
+            assert torch.allclose(g_ours.double(), g_plain, atol=1e-7, rtol=grad_rtol)
+            assert torch.equal(ref, ref_copy)  # the inputs are not changed in place
+            assert torch.all(g_ours[mask == 0] == 0)
+
+
+def test_sequential_kl_saves_no_copy_of_the_logits_for_backward() -> None:
+    """What autograd keeps for the backward, beyond the two input tensors themselves: at most a
+    few floats per position (it used to be two fp32 copies of all the logits)."""
+    b, t, v = 2, 64, 1000
+    pol = torch.randn(b, t, v, requires_grad=True)
+    ref = torch.randn(b, t, v)
+    inputs = {pol.untyped_storage().data_ptr(), ref.untyped_storage().data_ptr()}
+    kept: list[torch.Tensor] = []
+
+    def pack(x: torch.Tensor) -> torch.Tensor:
+        kept.append(x)
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        kl = sequential_kl(pol, ref, torch.ones(b, t))
+    storages = {x.untyped_storage().data_ptr(): x.untyped_storage().nbytes() for x in kept}
+    extra = sum(n for ptr, n in storages.items() if ptr not in inputs)
+    assert extra <= 4 * b * t * 4  # bytes: a few fp32 values per position
+    kl.sum().backward()
+    assert pol.grad is not None and torch.isfinite(pol.grad).all()

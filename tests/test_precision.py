@@ -130,3 +130,21 @@ def test_explain_and_eval_say_the_precision_first(
     import json
 
     assert json.loads((tmp_path / "e" / "eval.json").read_text())["settings"]["precision"] == "fp32"
+
+
+def test_fp16_with_attribution_is_refused_naming_the_fields(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attribution's backward is not loss-scaled: in fp16 its small gradients underflow.
+    fp16 with an attribution weighting is refused when the config is made (with the switch the
+    user gave, ``precision`` or ``fp16``); without attribution fp16 stays allowed."""
+    monkeypatch.setattr(precision, "cuda_available", lambda: True)
+    for given in ({"precision": "fp16"}, {"fp16": True}):
+        field = next(iter(given))
+        for weighting in ("hybrid", "attribution", "softmax_prior"):
+            with pytest.raises(ConfigError, match=rf"^{field}: fp16 .*weighting '{weighting}'"):
+                TIDPOConfig(output_dir=str(tmp_path), weighting=weighting, **given)
+    kinds: list[dict[str, str]] = [{"loss": "dpo"}, {"weighting": "uniform"},
+                                   {"weighting": "prior"}]  # fmt: skip
+    ok = [TIDPOConfig(output_dir=str(tmp_path), precision="fp16", **kw) for kw in kinds]
+    assert all(cfg.fp16 and not cfg.needs_attribution for cfg in ok)

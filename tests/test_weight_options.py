@@ -125,3 +125,44 @@ def test_special_prior_preset_through_the_cli_settings(tmp_path: Path) -> None:
     assert (cfg.preset, cfg.special_tokens) == ("special-prior", "prior")
     mine = resolve_options(None, ["special_tokens=mean"], {"preset": "special-prior"})
     assert build_config(mine, tmp_path).special_tokens == "mean"
+
+
+def test_random_weights_differ_across_micro_batches_and_ranks(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``weighting="random"`` with gradient accumulation 2, every row the same pair: the two
+    micro-batches of a step draw different weights (they drew the same: the seed was (seed,
+    step) only), so does another process (its index faked), and a rerun draws the same again."""
+    import accelerate
+    from datasets import Dataset
+
+    import tidpo.functional as F
+    from test_trainer import PAIRS
+
+    drawn: list[torch.Tensor] = []
+    real = F.random_weights
+
+    def spy(span: torch.Tensor, generator: Any = None, scale: Any = "mean") -> torch.Tensor:
+        drawn.append(real(span, generator, scale))
+        return drawn[-1]
+
+    monkeypatch.setattr(F, "random_weights", spy)
+    data = Dataset.from_list([PAIRS[0]] * 4)
+
+    def run(sub: str) -> list[torch.Tensor]:
+        drawn.clear()
+        cfg = _config(tmp_path / sub, weighting="random", anchor_source="none", max_steps=2,
+                      per_device_train_batch_size=1, gradient_accumulation_steps=2)  # fmt: skip
+        _trainer(tiny_model_dir, cfg, data).train()
+        assert len(drawn) == 4  # 2 steps x 2 micro-batches
+        return list(drawn)
+
+    rank0 = run("a")
+    for x in rank0[1:]:
+        assert x.shape == rank0[0].shape  # the same rows: only the draws can differ
+    pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
+    assert all(not torch.equal(rank0[i], rank0[j]) for i, j in pairs)
+    assert all(torch.equal(a, b) for a, b in zip(rank0, run("again"), strict=True))
+    monkeypatch.setattr(accelerate.Accelerator, "process_index", property(lambda self: 1))
+    rank1 = run("b")
+    assert all(not torch.equal(a, b) for a, b in zip(rank0, rank1, strict=True))

@@ -9,6 +9,8 @@ partitioned (``zero.Init``) and the trainer wraps a `StepModel`.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -40,16 +42,32 @@ def _launch(model: Path, data: Path, out: Path, *specs: str) -> subprocess.Popen
     )  # fmt: skip
 
 
+def _eval_spec(tiny_model_dir: Path, out: Path) -> str:
+    """A standalone ``evaluate()`` (tests/ddp_worker.py) with the tiny model's weights halved as
+    the reference, loaded from ``ref_model``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    half = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    for p in half.parameters():
+        p.data.mul_(0.5)
+    half.save_pretrained(out / "half")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out / "half")
+    return (f"evaluate_only=1,ref_model={out / 'half'},anchor_source=column,"
+            "per_device_eval_batch_size=2")  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir: Path, data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     import ddp_worker
 
     out = tmp_path_factory.mktemp("zero3")
-    proc = _launch(tiny_model_dir, data, out / "two", *(f"{t}:{CONFIGS[t]}" for t in TAGS))
+    specs = {**{t: CONFIGS[t] for t in TAGS}, "eval": _eval_spec(tiny_model_dir, out)}
+    proc = _launch(tiny_model_dir, data, out / "two", *(f"{t}:{s}" for t, s in specs.items()))
     try:
         (out / "one").mkdir()
-        for tag in TAGS:
-            ddp_worker._run(str(tiny_model_dir), str(data), out / "one", 2, tag, CONFIGS[tag])
+        for tag, spec in specs.items():
+            batch = 1 if tag == "eval" else 2
+            ddp_worker._run(str(tiny_model_dir), str(data), out / "one", batch, tag, spec)
         log, _ = proc.communicate(timeout=400)
     finally:
         if proc.poll() is None:
@@ -85,3 +103,16 @@ def test_zero3_a_nonfinite_loss_stops_the_run(
     log, _ = proc.communicate(timeout=400)
     assert proc.returncode != 0
     assert "non-finite loss at step 2 under DeepSpeed, which has already applied the step" in log
+
+
+def test_zero3_standalone_evaluate_equals_one_process(runs: Path) -> None:
+    """``evaluate()`` before any training (no engine yet: the Trainer builds one for inference;
+    it used to call ``zero_grad(set_to_none=True)``, which the engine does not take) with a
+    reference loaded from ``ref_model`` (partitioned by ZeRO-3 as it loads, so the trainer
+    gathers a full copy): the same loss and metrics as one process, with TRL's names."""
+    one = json.loads((runs / "one" / "eval.eval.rank0.json").read_text())
+    two = [json.loads((runs / "two" / f"eval.eval.rank{r}.json").read_text()) for r in (0, 1)]
+    assert abs(one["eval_loss"] - math.log(2)) > 1e-3  # the halved reference shows
+    for key in ("eval_loss", "eval_rewards/margins", "eval_rewards/accuracies",
+                "eval_logps/chosen", "eval_triplet/loss"):  # fmt: skip
+        assert two[0][key] == two[1][key] == pytest.approx(one[key], abs=1e-5), key

@@ -24,9 +24,11 @@ class OutputPathError(TidpoError):
 
 
 def check_output_path(path: Path, what: str, folder: bool = True) -> None:
-    """Check, before any work, that ``path`` can be written (as a folder, or a file) without
-    creating anything: it is not the wrong kind of thing, and its nearest existing ancestor is a
-    writable folder. Raises `OutputPathError` naming ``what`` (the option, e.g. ``--out``)."""
+    """Check, before any work, that ``path`` can be written (as a folder, or a file), leaving
+    nothing behind: it is not the wrong kind of thing, and its nearest existing ancestor is a
+    writable folder that can hold a new entry (an empty probe folder is made there and removed
+    at once: permission bits alone pass places such as ``/proc`` for root). Raises
+    `OutputPathError` naming ``what`` (the option, e.g. ``--out``)."""
     path = Path(path)
     if path.exists() and path.is_dir() != folder:
         kind = "a file" if folder else "a folder"
@@ -38,6 +40,12 @@ def check_output_path(path: Path, what: str, folder: bool = True) -> None:
         raise OutputPathError(f"{what} {path}: cannot be created ({parent} is a file)")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputPathError(f"{what} {path}: cannot be created ({parent} is not writable)")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".tidpo-probe-", dir=parent))
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise OutputPathError(f"{what} {path}: cannot be created (nothing can be made in "
+                              f"{parent}: {reason})") from None  # fmt: skip
 
 
 __all__ = ["OutputPathError", "check_output_path", "write_atomic", "write_json_atomic",

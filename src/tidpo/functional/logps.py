@@ -207,6 +207,43 @@ def lm_head_logps(
     return out.masked_scatter(mask_b, values)
 
 
+class _SequentialKL(torch.autograd.Function):
+    """KL(softmax(r) || softmax(z)) per position, chunk by chunk in fp32.
+
+    Forward keeps the two fp32 log-normalisers of each position (two floats) and the inputs
+    themselves (references, not copies); backward rebuilds both softmaxes chunk by chunk:
+    ``d KL / d z = softmax(z) - softmax(r)`` (the reference gets no gradient).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, policy: Tensor, ref: Tensor) -> Tensor:
+        n, v = policy.shape
+        out = torch.empty(n, dtype=torch.float32, device=policy.device)
+        lse_p = torch.empty_like(out)
+        lse_r = torch.empty_like(out)
+        rows = _rows_per_chunk(v)
+        for start in range(0, n, rows):
+            sl = slice(start, start + rows)
+            z, r = policy[sl].float(), ref[sl].float()  # (no copy when already fp32)
+            lse_p[sl], lse_r[sl] = torch.logsumexp(z, -1), torch.logsumexp(r, -1)
+            ref_lp, pol_lp = r - lse_r[sl, None], z - lse_p[sl, None]
+            out[sl] = (ref_lp.exp() * (ref_lp - pol_lp)).sum(-1)
+        ctx.save_for_backward(policy, ref, lse_p, lse_r)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None]:
+        policy, ref, lse_p, lse_r = ctx.saved_tensors
+        grad = torch.empty_like(policy)
+        rows = _rows_per_chunk(policy.shape[1])
+        for start in range(0, policy.shape[0], rows):
+            sl = slice(start, start + rows)
+            g = torch.exp(policy[sl].float() - lse_p[sl, None])  # new tensors: inputs intact
+            g.sub_(torch.exp(ref[sl].float() - lse_r[sl, None]))
+            grad[sl] = g.mul_(grad_out[sl, None]).to(grad.dtype)
+        return grad, None
+
+
 def sequential_kl(policy_logits: Tensor, ref_logits: Tensor, mask: Tensor) -> Tensor:
     """Sequential KL of TDPO (Zeng et al. 2024), used by the TDPO2 term (docs/method.md, section 3).
 
@@ -219,17 +256,12 @@ def sequential_kl(policy_logits: Tensor, ref_logits: Tensor, mask: Tensor) -> Te
         mask: ``[B, T]`` response-token mask aligned with the logits.
 
     Returns:
-        ``[B]`` float32 sequential KL per row (0 for rows with an empty mask).
+        ``[B]`` float32 sequential KL per row (0 for rows with an empty mask). Computed in fp32
+        a chunk of positions at a time (custom autograd): the backward keeps the two logits
+        tensors as they are (no copy) plus two floats per position, and recomputes each chunk's
+        softmaxes, so no fp32 copy of all the logits is ever held, forward or backward.
     """
     b, t, v = policy_logits.shape
-    pol = policy_logits.reshape(b * t, v)
-    ref = ref_logits.detach().reshape(b * t, v)
-    m = mask.reshape(b * t).to(torch.float32)
-    per_pos = []
-    for start in range(0, b * t, _CHUNK):
-        sl = slice(start, start + _CHUNK)
-        ref_lp = torch.log_softmax(ref[sl].float(), dim=-1)
-        pol_lp = torch.log_softmax(pol[sl].float(), dim=-1)
-        per_pos.append((ref_lp.exp() * (ref_lp - pol_lp)).sum(-1))
-    kl = torch.cat(per_pos) * m
-    return kl.view(b, t).sum(-1)
+    flat = _SequentialKL.apply(policy_logits.reshape(b * t, v),
+                               ref_logits.detach().reshape(b * t, v))  # fmt: skip
+    return (flat.view(b, t) * mask.to(torch.float32)).sum(-1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -53,16 +54,6 @@ PRESET_VALUES: dict[str, dict[str, Any]] = {
 }
 
 
-def merge_values(user: dict[str, Any], job_defaults: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments for `TIDPOConfig`: a job's defaults, then the preset, then the user's.
-
-    ``job_defaults`` (e.g. the CLI's 10-minute budget) yield to the preset's values; the user's
-    ``user`` values win over both.
-    """
-    preset = PRESET_VALUES.get(str(user.get("preset", "paper")), {})
-    return {**{k: v for k, v in job_defaults.items() if k not in preset}, **user}
-
-
 @dataclass(frozen=True)
 class AnchorSampling:
     """How an anchor is sampled from the policy (the released code's settings, and the
@@ -98,8 +89,10 @@ class TIDPOConfig(TrainingArguments):
     """Training arguments for `TIDPOTrainer`: every `TrainingArguments` option plus TI-DPO's.
 
     Defaults are the paper's (docs/method.md section 5); ``preset="released"`` switches the
-    fields the caller did not set to the released code's values. Invalid values raise
-    `ConfigError` at construction, naming the field.
+    fields the caller did not set to the released code's values: a value passed explicitly wins
+    over the preset, even one equal to the default (`with_defaults` gives a job's own defaults,
+    which the preset overrides). Invalid values raise `ConfigError` at construction, naming the
+    field.
     """
 
     beta: float = field(default=0.1, metadata={"help": "Inverse temperature beta (Eq. 12)."})
@@ -190,6 +183,16 @@ class TIDPOConfig(TrainingArguments):
         self._resolve_precision(explicit)
         super().__post_init__()
 
+    @classmethod
+    def with_defaults(cls, defaults: Mapping[str, Any], **values: Any) -> TIDPOConfig:
+        """``TIDPOConfig(**values)`` with a job's own ``defaults`` (e.g. the CLI's 10-minute
+        budget) for the fields ``values`` leaves out. Only ``values`` count as set explicitly:
+        the preset's values win over ``defaults``, ``values`` win over both."""
+        config = cls.__new__(cls)
+        config._explicit_fields = frozenset(values)  # type: ignore[attr-defined]
+        cls.__init__(config, **{**defaults, **values})
+        return config
+
     def _check_types(self) -> None:
         """Every field with a plain annotation (number, integer, flag, text) holds such a value,
         and every number is finite (`tidpo.training.values.type_problem`)."""
@@ -216,6 +219,11 @@ class TIDPOConfig(TrainingArguments):
             choice = choose_precision(requested, use_cpu=bool(self.use_cpu))
         except PrecisionError as err:
             raise ConfigError(str(err)) from None
+        if choice.name == "fp16" and self.needs_attribution:
+            field = "precision" if "precision" in explicit or not flags else "fp16"
+            raise ConfigError(f"{field}: fp16 would underflow the attribution gradients of "
+                              f"weighting {self.weighting!r} (its backward is not loss-scaled); "
+                              "use bf16 or fp32, or a weighting without attribution")  # fmt: skip
         self.bf16, self.fp16 = choice.name == "bf16", choice.name == "fp16"
         if choice.name == "bf16" and choice.device == "cpu":
             self.use_cpu = True  # TrainingArguments runs bf16 on a CPU only when told so
@@ -317,7 +325,8 @@ def _hints() -> dict[str, Any]:
 
 
 def _record_explicit_fields(cls: type[TIDPOConfig]) -> None:
-    """Wrap the dataclass ``__init__`` so each instance knows which fields its caller passed.
+    """Wrap the dataclass ``__init__`` so each instance knows which fields its caller passed
+    (unless `TIDPOConfig.with_defaults` said so first): the one mechanism of presets.
 
     A preset fills only the fields not passed: a value the user sets explicitly is never
     overwritten, even when it equals the default.
@@ -327,7 +336,8 @@ def _record_explicit_fields(cls: type[TIDPOConfig]) -> None:
 
     @functools.wraps(init)
     def __init__(self: TIDPOConfig, *args: Any, **kwargs: Any) -> None:
-        self._explicit_fields = frozenset(names[: len(args)]) | frozenset(kwargs)  # type: ignore[attr-defined]
+        if "_explicit_fields" not in self.__dict__:
+            self._explicit_fields = frozenset(names[: len(args)]) | frozenset(kwargs)  # type: ignore[attr-defined]
         init(self, *args, **kwargs)
 
     cls.__init__ = __init__  # type: ignore[method-assign]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +23,9 @@ from torch import Tensor, nn
 
 from tidpo import functional as F
 
-__all__ = ["Forward", "attribution_target", "head_agrees", "output_head", "reference_logps",
-           "run_forward", "token_logps"]  # fmt: skip
+__all__ = ["Forward", "attribution_graph", "attribution_target", "disable_dropout",
+           "fused_head_agrees", "head_agrees", "output_head", "reference_logps", "run_forward",
+           "token_logps"]  # fmt: skip
 
 # Config fields that make logits more than ``lm_head(hidden)`` (softcapping, scaling).
 _HEAD_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier",
@@ -109,6 +111,18 @@ def head_agrees(fwd: Forward) -> bool:
     return bool(torch.allclose(fwd.logits.float(), ours.float(), rtol=1e-3, atol=1e-3))
 
 
+def fused_head_agrees(model: nn.Module, ids: Tensor, am: Tensor, disable_adapter: bool = False
+                      ) -> bool:  # fmt: skip
+    """Whether ``model`` (with its adapter off: ``disable_adapter``) has a plain output head
+    (`output_head`) that gives its own logits on this batch (`head_agrees`), without gradient."""
+    head = output_head(model)
+    if head is None:
+        return False
+    ctx: Any = model.disable_adapter() if disable_adapter else contextlib.nullcontext()  # type: ignore[operator]
+    with torch.no_grad(), ctx:
+        return head_agrees(run_forward(model, ids, am, head=head))
+
+
 def token_logps(fwd: Forward, ids: Tensor, mask: Tensor) -> Tensor:
     """Per-token log-probs ``[N, L-1]`` of the labels ``ids[:, 1:]`` where ``mask`` is 1."""
     if fwd.head is None:
@@ -153,3 +167,39 @@ def reference_logps(
         fwd = run_forward(model, input_ids, attention_mask, full_logits=return_logits, head=head)
         logps = token_logps(fwd, input_ids, mask)
     return logps, (fwd.logits[:, :-1].detach() if return_logits else None)
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Dropout off in the policy (as TRL does): attribution and log-probs see the same network."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+@contextlib.contextmanager
+def attribution_graph(model: nn.Module, freeze: bool = True) -> Iterator[None]:
+    """Gradients on for an evaluation step that needs the attribution, and only for its graph.
+
+    The attribution needs gradients to the input embeddings alone: with ``freeze`` the
+    parameters stop requiring grad for the block, so no layer keeps its input for a weight
+    gradient; and the layers that checkpoint in training (``gradient_checkpointing``) checkpoint
+    here too, although the model is in eval mode (transformers checkpoints only in train mode:
+    the layer's own ``training`` flag is set, not its submodules'). Both are restored on exit.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    params = [p for p in model.parameters() if p.requires_grad] if freeze else []
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)
+              and m.gradient_checkpointing and not m.training]  # fmt: skip
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        for m in layers:
+            m.training = True
+        with torch.enable_grad():
+            yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+        for m in layers:
+            m.training = False

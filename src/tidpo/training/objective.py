@@ -20,6 +20,7 @@ from tidpo.functional.weights import Scale
 from tidpo.training.config import TIDPOConfig
 
 __all__ = [
+    "RandomDraws",
     "StepTensors",
     "WeightSettings",
     "label_weights",
@@ -164,6 +165,27 @@ def _base_weights(
     if cfg.weighting == "softmax_prior":
         return F.softmax_prior_weights(scores, span, cfg.importance_lambda, scale, exclude)
     return F.hybrid_weights(scores, span, cfg.importance_lambda, cfg.sigma_div, scale, exclude)
+
+
+class RandomDraws:
+    """The generators of ``weighting="random"``: one per micro-batch, seeded by (``seed``, the
+    optimiser step, the process, the micro-batch's place in the step, training or evaluation),
+    so that every micro-batch of an accumulated step and every process draws weights of its
+    own. The count restarts at each step, so a run resumed from a checkpoint draws as an
+    uninterrupted one."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._last: dict[bool, tuple[int, int]] = {}  # training -> (step, micro-batches seen)
+
+    def generator(self, step: int, process: int, training: bool) -> torch.Generator:
+        last, k = self._last.get(training, (step, -1))
+        k = k + 1 if last == step else 0
+        self._last[training] = (step, k)
+        key = 0
+        for part in (self.seed, step, process, k, int(training)):
+            key = (key * 1_000_003 + part) % (1 << 63)
+        return torch.Generator().manual_seed(key)
 
 
 def label_weights(weights: Tensor, width: int) -> Tensor:

@@ -21,12 +21,14 @@ from torch import Tensor, nn
 
 from tidpo.data.collate import response_aligned
 from tidpo.fileio import write_atomic
-from tidpo.training.forward import reference_logps
+from tidpo.training.forward import fused_head_agrees, reference_logps
 
 __all__ = [
     "ReferenceCache",
     "data_fingerprint",
     "frozen_copy",
+    "live_reference",
+    "load_reference",
     "model_fingerprint",
     "score_rows",
     "shared_cache",
@@ -53,6 +55,47 @@ def frozen_copy(model: nn.Module, linear_dtype: torch.dtype | None = None) -> nn
             if type(module) is nn.Linear and module.weight is not tied:
                 module.to(linear_dtype)
     return ref
+
+
+def load_reference(name: str, trust_remote_code: bool = False) -> nn.Module:
+    """The reference named by ``TIDPOConfig.ref_model`` (a local model folder, a ``.gguf`` file
+    or ``default``: `tidpo.training.models.resolve_model`), checked and loaded in fp32."""
+    from tidpo.training.models import check_model_folder, load_causal_lm, resolve_model
+
+    path = resolve_model(name)
+    check_model_folder(path, trust_remote_code)
+    model: nn.Module = load_causal_lm(path, dtype=torch.float32,
+                                      trust_remote_code=trust_remote_code)  # fmt: skip
+    return model
+
+
+def live_reference(
+    policy: nn.Module,
+    ref_model: nn.Module | None,
+    name: str | None,
+    is_peft: bool,
+    linear_dtype: torch.dtype | None,
+    device: torch.device,
+) -> nn.Module | None:
+    """The reference model a trainer holds: ``ref_model``, else the model at ``name``
+    (`load_reference`: ``TIDPOConfig.ref_model``), else a frozen copy of ``policy`` with its
+    linears in ``linear_dtype`` (`frozen_copy`), else None for a PEFT policy (its base weights,
+    the adapter disabled, are the reference). A model ZeRO-3 partitioned as it loaded is copied
+    from its gathered weights the same way. Frozen, in eval mode, on ``device``."""
+    from tidpo.training.sharding import gathered, is_partitioned
+
+    if ref_model is None and name:
+        ref_model = load_reference(name)
+    source = policy if ref_model is None and not is_peft else ref_model
+    if source is not None and (source is policy or is_partitioned(source)):
+        with gathered(source):  # ZeRO-3: the full weights while they are copied
+            ref_model = frozen_copy(source, linear_dtype)
+    if ref_model is None:
+        return None
+    ref_model.eval()
+    for p in ref_model.parameters():
+        p.requires_grad_(False)
+    return ref_model.to(device)
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -88,14 +131,18 @@ def score_rows(
     fused: bool = False,
 ) -> dict[int, tuple[Tensor, Tensor]]:
     """Reference log-probs of the batches' rows, without gradient: ``{idx: (chosen, rejected)}``,
-    each the row's response-token values (CPU). Several processes may each score a share of the
-    batches; the merged dict makes the cache (`ReferenceCache.from_rows`)."""
+    each the row's response-token values (CPU). ``fused`` allows the fused head once the first
+    batch shows it agrees with the model's own logits (`fused_head_agrees`). Several processes
+    may each score a share of the batches; the merged dict makes the cache
+    (`ReferenceCache.from_rows`)."""
     device = next(model.parameters()).device
     chunks: dict[int, tuple[Tensor, Tensor]] = {}
-    for batch in batches:
+    for i, batch in enumerate(batches):
         ids = batch["input_ids"].to(device)
         am = batch["attention_mask"].to(device)
         mask = batch["response_mask"][:, 1:].to(device)
+        if fused and i == 0:  # the fused head only once it agrees with the model's own logits
+            fused = fused_head_agrees(model, ids, am, disable_adapter)
         logps, _ = reference_logps(model, ids, am, mask, disable_adapter, fused=fused)
         aligned, amask = response_aligned(logps.cpu(), mask.cpu())
         b = ids.shape[0] // 2

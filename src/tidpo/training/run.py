@@ -73,8 +73,12 @@ def check_run(opts: RunOptions) -> tuple[Path, TIDPOConfig, Path, Path]:
     if cfg.ref_model:
         check_model_folder(resolve_model(cfg.ref_model), opts.trust_remote_code)
     data_path = Path(opts.dataset) if opts.dataset else bundled_dataset("train")
-    if not data_path.exists():
-        raise RunError(f"{data_path}: file not found")
+    for path in (data_path, Path(opts.eval_dataset) if opts.eval_dataset else None):
+        if path is not None and not path.exists():
+            raise RunError(f"{path}: file not found")
+    if _name(cfg.eval_strategy) != "no" and not opts.eval_dataset:
+        raise RunError(f"eval_strategy: {_name(cfg.eval_strategy)!r} evaluates during training "
+                       "and needs eval_dataset (a preference file)")  # fmt: skip
     return out, cfg, model_path, data_path
 
 
@@ -89,8 +93,9 @@ def run_training(
     leaves a half-written ``config.yaml`` or ``model/``; write errors become a one-line
     `RunError`. ``--resume`` continues from the newest *complete* checkpoint.
     """
-    from tidpo.data import DataError, load_preferences, tokenize_dataset
-    from tidpo.training.models import load_causal_lm, load_tokenizer, resolve_model
+    from tidpo.data import DataError
+    from tidpo.training.models import load_causal_lm, load_tokenizer
+    from tidpo.training.reference import load_reference
     from tidpo.training.trainer import TIDPOTrainer
 
     console = console or Console()
@@ -104,15 +109,9 @@ def run_training(
     say(escape(describe_optimisation(cfg)), soft_wrap=True)
     tokenizer = load_tokenizer(model_path, trust_remote_code=opts.trust_remote_code)
     # Data first: a bad row stops the run before the model loads.
-    ds = load_preferences(data_path, columns=opts.columns)
-    try:
-        ds, dropped = tokenize_dataset(ds, tokenizer, cfg.max_length)
-    except DataError as err:
-        raise DataError(f"{data_path}: {err}") from None
-    if dropped:
-        say(f"{escape(str(data_path))}: dropped {dropped} of {dropped + len(ds)} rows with no "
-            f"response token left after truncation to max_length={cfg.max_length}",
-            soft_wrap=True)  # fmt: skip
+    ds = _tokenized(data_path, opts.columns, tokenizer, cfg, say)
+    eval_path = Path(opts.eval_dataset) if opts.eval_dataset else None
+    eval_ds = _tokenized(eval_path, opts.columns, tokenizer, cfg, say) if eval_path else None
     # Every process (and a run with any number of them) builds the same adapter.
     set_seed(cfg.seed)
     model = load_causal_lm(
@@ -120,13 +119,11 @@ def run_training(
     )
     if opts.lora:
         model = _with_lora(model, opts.lora_r)
-    ref = None
-    if cfg.ref_model:
-        ref = load_causal_lm(resolve_model(cfg.ref_model), dtype=torch.float32,
-                             trust_remote_code=opts.trust_remote_code)  # fmt: skip
+    # cfg.ref_model as the trainer would load it, but with --trust-remote-code
+    ref = load_reference(cfg.ref_model, opts.trust_remote_code) if cfg.ref_model else None
     try:
         with tensorboard_dir(out / "tb"):  # read when the Trainer builds its callbacks
-            trainer = TIDPOTrainer(model=model, args=cfg, train_dataset=ds,
+            trainer = TIDPOTrainer(model=model, args=cfg, train_dataset=ds, eval_dataset=eval_ds,
                                    processing_class=tokenizer, ref_model=ref)  # fmt: skip
     except DataError as err:
         raise DataError(f"{data_path}: {err}") from None
@@ -168,6 +165,27 @@ def run_training(
         # while it is still set up can abort in gloo's teardown (seen under FSDP2 on a CPU)
         trainer.accelerator.end_training()
     return out
+
+
+def _tokenized(path: Path, columns: str | None, tokenizer: Any, cfg: TIDPOConfig,
+               say: Callable[..., None]) -> Any:  # fmt: skip
+    """The preference file at ``path``, tokenized (rows with no response token left after
+    truncation are dropped, and said) and checked for the run's columns (anchors, weights); a
+    bad row raises `DataError` naming the file."""
+    from tidpo.data import DataError, load_preferences, tokenize_dataset
+    from tidpo.training.prepare import prepare_dataset
+
+    rows = load_preferences(path, columns=columns)  # its errors name the file and the row
+    try:
+        ds, dropped = tokenize_dataset(rows, tokenizer, cfg.max_length)
+        prepare_dataset(ds, tokenizer, cfg)  # what the trainer will ask of its rows
+    except DataError as err:
+        raise DataError(f"{path}: {err}") from None
+    if dropped:
+        say(f"{escape(str(path))}: dropped {dropped} of {dropped + len(ds)} rows with no "
+            f"response token left after truncation to max_length={cfg.max_length}",
+            soft_wrap=True)  # fmt: skip
+    return ds
 
 
 def _name(value: Any) -> str:

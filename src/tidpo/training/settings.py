@@ -2,10 +2,11 @@
 
 `resolve_options` merges a YAML config file, ``--set FIELD=VALUE`` items and a command's flags
 into `RunOptions` (where model and data come from, the run folder, LoRA, resume) holding the
-`TIDPOConfig` values the user set; `build_config` adds the job defaults (`DEFAULTS`: the
-10-minute default job) and the preset's values (`tidpo.training.config.merge_values`) and makes
-the `TIDPOConfig`. Every value is checked against its field's type first (`check_value`), so a
-bad one stops the run with one line naming the field.
+`TIDPOConfig` values the user set; `build_config` makes the `TIDPOConfig` from them and the job
+defaults (`DEFAULTS`: the 10-minute default job), which the preset's values override
+(`TIDPOConfig.with_defaults`): the user's values win over both. Every value is checked against
+its field's type first (`check_value`), so a bad one stops the run with one line naming the
+field.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import yaml
 
 from tidpo.errors import TidpoError
 from tidpo.extras import MissingExtraError, missing_message, tensorboard_available
-from tidpo.training.config import TIDPOConfig, merge_values
+from tidpo.training.config import TIDPOConfig
 from tidpo.training.trl_compat import TRL_KEYS, translate_trl
 from tidpo.training.values import as_number, type_problem
 
@@ -234,17 +235,16 @@ def _check_report_to(value: Any) -> None:
 
 
 def build_config(opts: RunOptions, output_dir: Path) -> TIDPOConfig:
-    """DEFAULTS, then the preset's values, then the user's; `TIDPOConfig` validates and names
-    bad fields."""
+    """DEFAULTS, then the preset's values, then the user's (`TIDPOConfig.with_defaults`);
+    `TIDPOConfig` validates and names bad fields."""
     user = {key: check_value(key, value) for key, value in opts.config.items()}
     _check_report_to(user.get("report_to"))
     defaults = DEFAULTS if tensorboard_available() else {**DEFAULTS, "report_to": "none"}
-    values = merge_values(user, defaults)
     if not torch.cuda.is_available():
-        values["use_cpu"] = True
-    values["output_dir"] = str(output_dir)
+        user["use_cpu"] = True
+    user["output_dir"] = str(output_dir)
     try:
-        return TIDPOConfig(**values)
+        return TIDPOConfig.with_defaults(defaults, **user)
     except TidpoError:
         raise
     except (ValueError, TypeError) as err:  # TrainingArguments' own checks

@@ -44,8 +44,8 @@ from tidpo.training.forward import (
     token_logps,
 )
 
-__all__ = ["SHARDINGS", "StepModel", "fsdp_on_cpu", "gathered", "register_zero3_head",
-           "sync_from_main", "unwrap_step_model"]  # fmt: skip
+__all__ = ["SHARDINGS", "StepModel", "fsdp_on_cpu", "gathered", "is_partitioned",
+           "register_zero3_head", "sync_from_main", "unwrap_step_model"]  # fmt: skip
 
 SHARDINGS = ("ddp", "fsdp2", "zero3")
 """``--sharding``: plain data parallelism, PyTorch FSDP2, DeepSpeed ZeRO stage 3."""
@@ -148,6 +148,12 @@ def sync_from_main(model: nn.Module, device: torch.device) -> None:
             shared = t.data.to(device)
             torch.distributed.broadcast(shared, src=0)
             t.data.copy_(shared)
+
+
+def is_partitioned(model: nn.Module) -> bool:
+    """Whether ZeRO-3 partitioned ``model``'s weights (transformers loads a model so once a
+    ZeRO-3 config exists, a reference model too): used outside the engine, it needs `gathered`."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
 def gathered(model: nn.Module) -> contextlib.AbstractContextManager[Any]:

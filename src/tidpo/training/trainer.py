@@ -10,7 +10,6 @@ distribution) is the Trainer's.
 
 from __future__ import annotations
 
-import contextlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -28,33 +27,27 @@ from tidpo.training.callbacks import MetricsFileCallback, NonFiniteGuard, NonFin
 from tidpo.training.config import TIDPOConfig
 from tidpo.training.forward import (
     Forward,
+    attribution_graph,
     attribution_target,
+    disable_dropout,
     head_agrees,
     output_head,
     reference_logps,
     run_forward,
     token_logps,
 )
-from tidpo.training.objective import StepTensors, step_loss, weight_span_mask
+from tidpo.training.objective import RandomDraws, StepTensors, step_loss, weight_span_mask
 from tidpo.training.prepare import prepare_dataset
-from tidpo.training.reference import ReferenceCache, frozen_copy, shared_cache
+from tidpo.training.reference import ReferenceCache, live_reference, shared_cache
 from tidpo.training.sharding import (
     StepModel,
     fsdp_on_cpu,
-    gathered,
     register_zero3_head,
     sync_from_main,
     unwrap_step_model,
 )
 
 __all__ = ["MetricsFileCallback", "NonFiniteLossError", "TIDPOTrainer", "prepare_dataset"]
-
-
-def _disable_dropout(model: nn.Module) -> None:
-    """Dropout off in the policy (as TRL does): attribution and log-probs see the same network."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
 
 
 def _stack(top: Tensor, bottom: Tensor) -> Tensor:
@@ -72,8 +65,9 @@ class TIDPOTrainer(Trainer):
         train_dataset / eval_dataset: preference rows (`tidpo.data.load_preferences`), raw or
             already tokenized.
         processing_class: the tokenizer.
-        ref_model: the reference; None means a frozen copy of the policy (or, for a PEFT model,
-            the policy with its adapter disabled, so no second model is held).
+        ref_model: the reference; None means the model at ``args.ref_model`` when that is set,
+            else a frozen copy of the policy (or, for a PEFT model, the policy with its adapter
+            disabled, so no second model is held).
     """
 
     args: TIDPOConfig
@@ -91,7 +85,7 @@ class TIDPOTrainer(Trainer):
         self.pad_token_id = pad_token_id(processing_class, model)
         self.special_ids = torch.tensor(sorted(set(processing_class.all_special_ids)),
                                         dtype=torch.long)  # fmt: skip
-        _disable_dropout(model)
+        disable_dropout(model)
         train_dataset = prepare_dataset(train_dataset, processing_class, args)
         if isinstance(eval_dataset, dict):
             eval_dataset = {name: prepare_dataset(d, processing_class, args, i + 1)
@@ -109,6 +103,7 @@ class TIDPOTrainer(Trainer):
         )
         self.loss_is_scaled_for_ga = False  # compute_loss returns a batch mean
         self.guard = NonFiniteGuard(self)
+        self.random_draws = RandomDraws(args.seed)
         self.add_callback(self.guard)
         self._metrics: dict[str, dict[str, list[float]]] = {
             "train": defaultdict(list),
@@ -165,17 +160,11 @@ class TIDPOTrainer(Trainer):
     def _setup_reference(self, ref_model: nn.Module | None, datasets: list[Dataset]) -> None:
         """The live reference model and, with ``precompute_ref``, one cache per dataset."""
         args = self.args
+        lowp = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the reference runs in autocast
+        dtype = lowp.get(str(self.accelerator.mixed_precision))
         policy: nn.Module = self.model  # type: ignore[assignment]
-        if ref_model is None and not self.is_peft:
-            # Its forwards all run under autocast_context: store the linears cast once.
-            lowp = {"bf16": torch.bfloat16, "fp16": torch.float16}
-            with gathered(policy):  # ZeRO-3 loaded it partitioned: copy the full weights
-                ref_model = frozen_copy(policy, lowp.get(str(self.accelerator.mixed_precision)))
-        if ref_model is not None:
-            ref_model.eval()
-            for p in ref_model.parameters():
-                p.requires_grad_(False)
-            ref_model = ref_model.to(args.device)
+        ref_model = live_reference(policy, ref_model, args.ref_model, self.is_peft, dtype,
+                                   args.device)  # fmt: skip
         if args.precompute_ref:
             for ds in datasets:
                 self.ref_caches[int(ds[0]["dataset_id"])] = self._build_cache(ref_model, ds)
@@ -257,7 +246,10 @@ class TIDPOTrainer(Trainer):
             head = output_head(unwrapped) if self._fused else None
             fwd = run_forward(model, ids, am, attribute=attribute, full_logits=full_logits,
                               head=head, embed_from=unwrapped)  # fmt: skip
-            agrees, logps = not check or head_agrees(fwd), token_logps(fwd, ids, mask)
+            # evaluation: the log-probs need a graph only as the attribution's target
+            grad = model.training or self.args.attribution_target == "response_logprob"
+            with torch.set_grad_enabled(torch.is_grad_enabled() and grad):
+                agrees, logps = not check or head_agrees(fwd), token_logps(fwd, ids, mask)
             scores = None
         if check:
             self._fused_checked = True
@@ -275,7 +267,8 @@ class TIDPOTrainer(Trainer):
         num_items_in_batch: Any = None,
     ) -> Any:
         cfg = self.args
-        mode = "train" if model.training else "eval"
+        # the module's own flag: a DeepSpeed engine's `training` stays True through eval()
+        mode = "train" if self.accelerator.unwrap_model(model).training else "eval"
         ids, am, rm = inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"]
         b = ids.shape[0] // 2
         need_logits = cfg.needs_full_logits
@@ -302,7 +295,8 @@ class TIDPOTrainer(Trainer):
                 ref_lp, ref_logits = self._reference_logps(model, ids, am, response, rows,
                                                            need_logits)  # fmt: skip
                 if ref_logits is not None and fwd.keep is None:
-                    seq_kl = F.sequential_kl(fwd.logits[:, :-1], ref_logits, response)
+                    with torch.set_grad_enabled(torch.is_grad_enabled() and mode == "train"):
+                        seq_kl = F.sequential_kl(fwd.logits[:, :-1], ref_logits, response)
             if anchors is not None:
                 # Anchor rows: a forward of their own, at their own (usually shorter) width.
                 a_ids, a_am, a_rm = anchors
@@ -315,8 +309,9 @@ class TIDPOTrainer(Trainer):
             target = attribution_target(fwd, pair_lp, am, cfg.attribution_target)
             scores = F.attribution_from_graph(target, fwd.embeds, am)
         gen = None
-        if cfg.loss == "tidpo" and cfg.weighting == "random":
-            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + self.state.global_step)
+        if cfg.loss == "tidpo" and cfg.weighting == "random":  # per micro-batch and process
+            step, rank = self.state.global_step, self.accelerator.process_index
+            gen = self.random_draws.generator(step, rank, mode == "train")
         wspan = weight_span_mask(am, rm, cfg.weight_span)
         special = torch.isin(ids, self.special_ids.to(ids.device)) if cfg.loss == "tidpo" else None
         given = inputs.get("token_weights") if cfg.weighting == "column" else None
@@ -348,12 +343,14 @@ class TIDPOTrainer(Trainer):
         prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        """Evaluation loss; attribution needs a graph, so gradients are on (nothing is stepped)."""
+        """Evaluation loss without a training step's graph: none without attribution; with it,
+        the attribution's alone (`attribution_graph`; sharded, the parameters stay as they are).
+        Its gradient goes to the embeddings only: no parameter's ``.grad`` is touched."""
         inputs = self._prepare_inputs(inputs)
-        grad = torch.enable_grad() if self.args.needs_attribution else contextlib.nullcontext()
-        with grad, self.compute_loss_context_manager():
+        needs = self.args.needs_attribution
+        graph = attribution_graph(model, freeze=not self.sharded) if needs else torch.no_grad()
+        with graph, self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
-        model.zero_grad(set_to_none=True)
         return loss.detach(), None, None
 
     def _save(
