@@ -11,7 +11,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tidpo.cli.boundary import boundary
-from tidpo.cli.options import Debug, Model, PrecisionOpt, TrustRemoteCode
+from tidpo.cli.options import (
+    DatasetConfig,
+    DatasetSplit,
+    Debug,
+    Model,
+    ModelRevision,
+    PrecisionOpt,
+    TrustRemoteCode,
+)
 from tidpo.errors import TidpoError
 from tidpo.fileio import check_output_path
 
@@ -27,8 +35,10 @@ def run_weights(
     precision: str = "auto",
     trust_remote_code: bool = False,
     console: Console | None = None,
+    hub: dict[str, str | None] | None = None,
 ) -> Path:
-    """Everything `tidpo weights` does, as a function; returns the written file."""
+    """Everything `tidpo weights` does, as a function; returns the written file. ``hub`` holds
+    ``model_revision``, ``dataset_config`` and ``dataset_split`` for hub ids."""
 
     from tidpo.analysis.weights_file import rows_with_weights, write_rows
     from tidpo.data import bundled_dataset, load_preferences
@@ -46,9 +56,12 @@ def run_weights(
     ws = WeightSettings.of(cfg)
     choice = choose_precision(precision)
     console.print(choice.describe(), highlight=False)
-    data_path = Path(dataset) if dataset else bundled_dataset("train")
-    rows = load_preferences(data_path, columns=columns).to_list()
-    model_path, tokenizer, lm = load_for_inference(model, choice.device, trust_remote_code)
+    hub = hub or {}
+    data_path = dataset or bundled_dataset("train")
+    rows = load_preferences(data_path, columns=columns, config=hub.get("dataset_config"),
+                            split=hub.get("dataset_split")).to_list()  # fmt: skip
+    model_path, tokenizer, lm = load_for_inference(model, choice.device, trust_remote_code,
+                                                   hub.get("model_revision"))  # fmt: skip
     columns_ = [TextColumn("weights"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns_, console=console, transient=True) as bar, choice.autocast():
         task = bar.add_task("weights", total=len(rows))
@@ -64,9 +77,15 @@ def run_weights(
 def weights_command(
     out: Annotated[Path, typer.Option(help="Output file: .jsonl or .parquet.")],
     model: Model = None,
+    model_revision: ModelRevision = None,
     dataset: Annotated[
-        str | None, typer.Option(help="Preference file (default: the bundled training set).")
+        str | None,
+        typer.Option(
+            help="Preference file or hub id ORG/NAME (default: the bundled training set)."
+        ),
     ] = None,
+    dataset_config: DatasetConfig = None,
+    dataset_split: DatasetSplit = None,
     columns: Annotated[
         str | None, typer.Option(help="The dataset's column names: prompt=question,...")
     ] = None,
@@ -93,4 +112,7 @@ def weights_command(
         "attribution_target": attribution_target,
     }  # fmt: skip
     with boundary(debug):
-        run_weights(model, dataset, out, settings, columns, precision, trust_remote_code)
+        hub = {"model_revision": model_revision, "dataset_config": dataset_config,
+               "dataset_split": dataset_split}  # fmt: skip
+        run_weights(model, dataset, out, settings, columns, precision, trust_remote_code,
+                    hub=hub)  # fmt: skip

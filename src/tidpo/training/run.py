@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from transformers import set_seed
 
-from tidpo.data import bundled_dataset
+from tidpo.data import bundled_dataset, hub_id
 from tidpo.fileio import check_output_path
 from tidpo.training.config import TIDPOConfig
 from tidpo.training.runfolder import (
@@ -34,9 +34,12 @@ from tidpo.training.runfolder import (
 from tidpo.training.settings import RunError, RunOptions, build_config
 
 if TYPE_CHECKING:
+    from datasets import Dataset
+
     from tidpo.training.trainer import TIDPOTrainer
 
-__all__ = ["RunHooks", "check_run", "describe_optimisation", "run_training"]
+__all__ = ["RunHooks", "check_run", "data_source", "describe_optimisation", "load_training_rows",
+           "run_training"]  # fmt: skip
 
 
 @dataclass
@@ -49,12 +52,35 @@ class RunHooks:
     after: Callable[[Any, Callable[[], Any], Any], None] | None = None
 
 
-def check_run(opts: RunOptions) -> tuple[Path, TIDPOConfig, Path, Path]:
+def data_source(opts: RunOptions) -> Path | str:
+    """``--dataset`` as a local path or a hub id (`tidpo.data.hub_id`); the bundled training set
+    when none is given. A missing local file is a `RunError`."""
+    if not opts.dataset:
+        return bundled_dataset("train")
+    repo = hub_id(opts.dataset)
+    if repo is not None:
+        return repo
+    if not Path(opts.dataset).exists():
+        raise RunError(f"{opts.dataset}: file not found")
+    return Path(opts.dataset)
+
+
+def load_training_rows(opts: RunOptions, data: Path | str) -> Dataset:
+    """The training rows, validated (`tidpo.data.load_preferences`): ``--columns`` and, for a hub
+    dataset, ``dataset_config`` and ``dataset_train_split``."""
+    from tidpo.data import load_preferences
+
+    return load_preferences(data, columns=opts.columns, config=opts.dataset_config,
+                            split=opts.dataset_train_split)  # fmt: skip
+
+
+def check_run(opts: RunOptions) -> tuple[Path, TIDPOConfig, Path, Path | str]:
     """What can be checked before any work: the output folder, the config, ``--push-to-hub``
     (`tidpo.training.hub.check_push`), model and data paths.
 
-    Returns ``(output_dir, config, model_path, data_path)``; raises a `TidpoError` naming the
-    problem. A ``.gguf`` model is converted here (once), so launched processes find it ready.
+    Returns ``(output_dir, config, model_path, data)``; raises a `TidpoError` naming the
+    problem. A ``.gguf`` model is converted here (once), and a hub model fetched into the
+    Hugging Face cache, so launched processes find it ready.
     """
     from tidpo.training.models import check_model_folder, resolve_model
 
@@ -68,14 +94,11 @@ def check_run(opts: RunOptions) -> tuple[Path, TIDPOConfig, Path, Path]:
 
         check_push(opts.push_to_hub)  # before hours of training, not after
     with cfg.main_process_first(desc="model conversion"):  # one process converts a .gguf
-        model_path = resolve_model(opts.model)
+        model_path = resolve_model(opts.model, opts.model_revision)
     check_model_folder(model_path, opts.trust_remote_code)
     if cfg.ref_model:
         check_model_folder(resolve_model(cfg.ref_model), opts.trust_remote_code)
-    data_path = Path(opts.dataset) if opts.dataset else bundled_dataset("train")
-    if not data_path.exists():
-        raise RunError(f"{data_path}: file not found")
-    return out, cfg, model_path, data_path
+    return out, cfg, model_path, data_source(opts)
 
 
 def run_training(
@@ -89,7 +112,7 @@ def run_training(
     leaves a half-written ``config.yaml`` or ``model/``; write errors become a one-line
     `RunError`. ``--resume`` continues from the newest *complete* checkpoint.
     """
-    from tidpo.data import DataError, load_preferences, tokenize_dataset
+    from tidpo.data import DataError, tokenize_dataset
     from tidpo.training.models import load_causal_lm, load_tokenizer, resolve_model
     from tidpo.training.trainer import TIDPOTrainer
 
@@ -98,13 +121,14 @@ def run_training(
     main = cfg.process_index == 0
     say = console.print if main else _quiet
     procs = f", {cfg.world_size} processes" if cfg.world_size > 1 else ""
-    say(f"[bold]tidpo train[/]: model {escape(str(model_path))}, data {escape(str(data_path))}, "
+    label = f"{opts.model} ({model_path})" if hub_id(opts.model) else str(model_path)
+    say(f"[bold]tidpo train[/]: model {escape(label)}, data {escape(str(data_path))}, "
         f"loss {cfg.loss}{procs}", soft_wrap=True)  # fmt: skip
     say(escape(cfg.precision_choice.describe()), soft_wrap=True)
     say(escape(describe_optimisation(cfg)), soft_wrap=True)
     tokenizer = load_tokenizer(model_path, trust_remote_code=opts.trust_remote_code)
     # Data first: a bad row stops the run before the model loads.
-    ds = load_preferences(data_path, columns=opts.columns)
+    ds = load_training_rows(opts, data_path)
     try:
         ds, dropped = tokenize_dataset(ds, tokenizer, cfg.max_length)
     except DataError as err:
