@@ -50,17 +50,22 @@ def _deepspeed_loaded() -> bool:
 quiet_deepspeed()
 
 
-def _one_split(ds: Any, name: str) -> Dataset:
-    """``ds`` as a `Dataset`: an `IterableDataset` is read in full; a `DatasetDict` is refused."""
+def _rows_of(ds: Any, name: str) -> tuple[Dataset, bool]:
+    """``ds`` as a `Dataset`, and whether its rows are already validated and normalised: an
+    `IterableDataset` is read in full (raw rows are normalised as they come, so a row Arrow could
+    not hold still gets its own message); a `DatasetDict` is refused."""
     if isinstance(ds, DatasetDict):
         raise DataError(f"{name}: a DatasetDict with splits {list(ds)}; pass one split, e.g. "
                         f"dataset[{next(iter(ds), 'train')!r}]")  # fmt: skip
     if isinstance(ds, IterableDataset):
-        return dataset_of([dict(row) for row in ds], name)
+        rows = [dict(row) for row in ds]
+        if rows and "chosen_ids" in rows[0]:
+            return dataset_of(rows, name), False
+        return normalise_dataset(rows, name), True
     if not isinstance(ds, Dataset):
         raise DataError(f"{name}: expected a datasets.Dataset or IterableDataset; got a "
                         f"{type(ds).__name__}")  # fmt: skip
-    return ds
+    return ds, False
 
 
 def _check_tokenized(ds: Dataset, name: str) -> None:
@@ -96,9 +101,10 @@ def prepare_dataset(
     rows by both. Bad rows raise `DataError` naming ``train_dataset: row N`` (or
     ``eval_dataset``), with the messages a file's rows get."""
     name = "train_dataset" if dataset_id == 0 else "eval_dataset"
-    ds = _one_split(ds, name)
+    ds, normalised = _rows_of(ds, name)
     if "chosen_ids" not in ds.column_names:
-        ds = normalise_dataset(ds, name)
+        if not normalised:
+            ds = normalise_dataset(ds, name)
         try:
             ds, _ = tokenize_dataset(ds, tokenizer, cfg.max_length)
         except DataError as err:
