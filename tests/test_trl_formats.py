@@ -22,7 +22,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tidpo.data import DataError, load_preferences, tokenize_dataset
 from tidpo.training.config import TIDPOConfig
-from tidpo.training.objective import StepTensors, step_loss
 from tidpo.training.prepare import prepare_dataset
 from tidpo.training.trainer import TIDPOTrainer
 

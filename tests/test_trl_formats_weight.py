@@ -94,7 +94,7 @@ def test_a_files_weights_reach_the_batch(tokenizer: Any, tmp_path: Path) -> None
     ("value", "message"),
     [
         (-1, 'field "weight": -1 is negative (a pair\'s weight must be >= 0)'),
-        ("2", 'field "weight" must be a number >= 0 (the pair\'s weight in the loss); got \'2\''),
+        ("2", "field \"weight\" must be a number >= 0 (the pair's weight in the loss); got '2'"),
         (True, 'field "weight" must be a number >= 0 (the pair\'s weight in the loss); got True'),
         (None, 'no "weight" where other rows have one (give every pair a weight, or none)'),
     ],
