@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from tidpo.cli.boundary import boundary
-from tidpo.cli.options import Debug, PrecisionOpt, TrustRemoteCode
+from tidpo.cli.options import DatasetConfig, Debug, PrecisionOpt, TrustRemoteCode
 
 __all__ = ["eval_command", "render_tables", "run_eval"]
 
@@ -117,6 +117,7 @@ def run_eval(
     console: Console | None = None,
     precision: str = "auto",
     dataset_split: str | None = None,
+    dataset_config: str | None = None,
 ) -> dict[str, Any]:
     """Everything `tidpo eval` does, as a function: evaluate, write ``out/eval.json``, print.
 
@@ -137,7 +138,7 @@ def run_eval(
         result = evaluate_paths(
             model, ref_model, dataset, out_dir=out, limit=limit, settings=settings,
             trust_remote_code=trust_remote_code, progress=progress, precision=choice,
-            dataset_split=dataset_split,
+            dataset_split=dataset_split, dataset_config=dataset_config,
         )  # fmt: skip
     for table in render_tables(result):
         console.print(table)
@@ -174,6 +175,7 @@ def eval_command(
             help="Split of a hub --dataset (default: test).",
         ),
     ] = None,
+    dataset_config: DatasetConfig = None,
     out: Annotated[Path, typer.Option(help="Output folder for eval.json.")] = Path("eval"),
     limit: Annotated[int | None, typer.Option(help="Use only the first N rows.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 64,
@@ -195,4 +197,5 @@ def eval_command(
         run_eval(
             model, ref_model, dataset, out, limit, max_new_tokens, sampling, seed, batch_size,
             beta, trust_remote_code, precision=precision, dataset_split=dataset_split,
+            dataset_config=dataset_config,
         )  # fmt: skip

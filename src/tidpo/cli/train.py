@@ -62,12 +62,13 @@ def _report_job(opts: Any, console: Console) -> Any:
 
     out = opts.output_path()
     eval_data: Path | str = bundled_dataset("test")
+    config = None
     if opts.eval_dataset:
         eval_data = opts.eval_dataset
     elif opts.dataset_test_split and hub_id(opts.dataset):  # TRL's test split of the hub set
-        eval_data = str(opts.dataset)
+        eval_data, config = str(opts.dataset), opts.dataset_config
     return ReportJob(out, eval_data, build_config(opts, out), console=console,
-                     eval_split=opts.dataset_test_split)  # fmt: skip
+                     eval_split=opts.dataset_test_split, eval_config=config)  # fmt: skip
 
 
 def _dry_run(opts: Any, console: Console) -> None:

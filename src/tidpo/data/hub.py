@@ -79,7 +79,12 @@ def load_hub_dataset(
 
     label = f"{repo_id} ({config})" if config else repo_id
     try:
-        ds = load_dataset(repo_id, config, split=split, revision=revision)
+        try:
+            ds = load_dataset(repo_id, config, split=split, revision=revision)
+        except ValueError as err:  # offline, datasets will not pick among cached configurations
+            if config is not None or "multiple" not in str(err) or "default" not in str(err):
+                raise
+            ds = load_dataset(repo_id, "default", split=split, revision=revision)
     except DatasetNotFoundError as err:  # no such id or revision
         raise DataError(f"dataset {repo_id}: {_reason(err)} (and no such local file; a private "
                         "or gated dataset needs HF_TOKEN or `hf auth login`)"
