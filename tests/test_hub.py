@@ -183,9 +183,11 @@ def test_a_hub_model_loads_from_the_cache_offline(cached: Path) -> None:
 def test_a_missing_hub_model_is_one_line_offline(cached: Path) -> None:
     with pytest.raises(HubError) as info:
         resolve_model("org/absent")
-    assert str(info.value).startswith("model org/absent: not in the Hugging Face cache (")
-    assert str(info.value).endswith(") and HF_HUB_OFFLINE is set")
-    with pytest.raises(HubError, match=r"model org/tiny \(revision v2\): not in the Hugging"):
+    assert str(info.value).startswith(
+        "model org/absent: no such local folder, and not in the Hugging Face cache ("
+    )
+    assert str(info.value).endswith(" (HF_HUB_OFFLINE is set)")
+    with pytest.raises(HubError, match=r"model org/tiny \(revision v2\): no such local folder"):
         resolve_model("org/tiny", revision="v2")
 
 
@@ -202,8 +204,8 @@ def test_a_hub_dataset_loads_from_datasets_cache_offline(cached: Path) -> None:
 
 @pytest.mark.parametrize(
     ("kw", "message"),
-    [({}, "dataset org/absent: not in the local datasets cache and HF_HUB_OFFLINE is set (load "
-          "it once with the hub reachable, or pass a local file)"),
+    [({}, "dataset org/absent: no such local file, and not in the datasets cache "
+          "(HF_HUB_OFFLINE is set)"),
      ({"split": "validation"}, "dataset org/prefs, split 'validation': Unknown split"),
      ({"config": "nope"}, "dataset org/prefs (nope), split 'train': ")],
 )  # fmt: skip
@@ -237,9 +239,11 @@ def test_train_trains_offline_from_hub_ids(cached: Path, tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     ("args", "expected"),
-    [(["--model", "org/absent"], "error: model org/absent: not in the Hugging Face cache ("),
+    [(["--model", "org/absent"],
+      "error: model org/absent: no such local folder, and not in the Hugging Face cache ("),
      (["--model", "org/tiny", "--dataset", "org/absent"],
-      "error: dataset org/absent: not in the local datasets cache and HF_HUB_OFFLINE is set"),
+      "error: dataset org/absent: no such local file, and not in the datasets cache "
+      "(HF_HUB_OFFLINE is set)"),
      (["--model", "org/tiny", "--dataset", "org/prefs", "--dataset-train-split", "nope"],
       "error: dataset org/prefs, split 'nope': Unknown split \"nope\"")],
 )  # fmt: skip
@@ -358,7 +362,8 @@ def test_online_hub_ids_download_what_is_read_and_fail_in_one_line(
         _one_error(results[2]) == "error: model org/tiny: no revision 'v9' on the Hugging Face Hub"
     )
     assert _one_error(results[3]).startswith(
-        "error: dataset org/absent: Dataset 'org/absent' doesn't exist on the Hub"
+        "error: dataset org/absent: no such local file, and Dataset 'org/absent' doesn't exist "
+        "on the Hub"
     )
     assert _one_error(results[4]).startswith("error: dataset org/prefs, split 'x': Unknown split")
     # The hub goes away: a cached model still resolves, an uncached one is one line.
@@ -369,5 +374,6 @@ def test_online_hub_ids_download_what_is_read_and_fail_in_one_line(
                           home, closed)  # fmt: skip
     assert results[0]["code"] == 0, results[0]
     assert _one_error(results[1]) == (
-        f"error: model org/other: not in the Hugging Face cache ({home / 'hub'}) and the Hugging "
-        "Face Hub cannot be reached ([Errno 111] Connection refused)")  # fmt: skip
+        f"error: model org/other: no such local folder, and not in the Hugging Face cache "
+        f"({home / 'hub'}); the Hugging Face Hub cannot be reached ([Errno 111] Connection "
+        "refused)")  # fmt: skip

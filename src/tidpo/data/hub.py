@@ -56,8 +56,8 @@ def _why_unreachable() -> str:
     from datasets import config
 
     if config.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set"
-    return f"the Hugging Face Hub ({config.HF_ENDPOINT}) cannot be reached"
+        return " (HF_HUB_OFFLINE is set)"
+    return f"; the Hugging Face Hub ({config.HF_ENDPOINT}) cannot be reached"
 
 
 def _reason(err: BaseException) -> str:
@@ -86,13 +86,12 @@ def load_hub_dataset(
                 raise
             ds = load_dataset(repo_id, "default", split=split, revision=revision)
     except DatasetNotFoundError as err:  # no such id or revision
-        raise DataError(f"dataset {repo_id}: {_reason(err)} (and no such local file; a private "
+        raise DataError(f"dataset {repo_id}: no such local file, and {_reason(err)} (a private "
                         "or gated dataset needs HF_TOKEN or `hf auth login`)"
                         ) from None  # fmt: skip
     except ConnectionError:  # offline, or the hub unreachable, and nothing in the cache
-        raise DataError(f"dataset {repo_id}: not in the local datasets cache and "
-                        f"{_why_unreachable()} (load it once with the hub reachable, or pass a "
-                        "local file)") from None  # fmt: skip
+        raise DataError(f"dataset {repo_id}: no such local file, and not in the datasets cache"
+                        f"{_why_unreachable()}") from None  # fmt: skip
     except (OSError, ValueError) as err:  # no such split or config, no data files, HTTP errors
         raise DataError(f"dataset {label}, split {split!r}: {_reason(err)}") from None
     from datasets import Dataset

@@ -107,11 +107,11 @@ def fetch_model(repo_id: str, revision: str | None = None) -> Path:
         raise HubError(f"model {repo_id}: no revision {revision!r} on the Hugging Face Hub"
                        ) from None  # fmt: skip
     except LocalEntryNotFoundError:
-        why = ("HF_HUB_OFFLINE is set" if offline else
-               f"the Hugging Face Hub cannot be reached ({_reason(unreachable)})"
-               if unreachable is not None else "the download did not complete")  # fmt: skip
-        raise HubError(f"model {repo_id}{at}: not in the Hugging Face cache "
-                       f"({constants.HF_HUB_CACHE}) and {why}") from None  # fmt: skip
+        why = (" (HF_HUB_OFFLINE is set)" if offline else
+               f"; the Hugging Face Hub cannot be reached ({_reason(unreachable)})"
+               if unreachable is not None else "; the download did not complete")  # fmt: skip
+        raise HubError(f"model {repo_id}{at}: no such local folder, and not in the Hugging Face "
+                       f"cache ({constants.HF_HUB_CACHE}){why}") from None  # fmt: skip
     except (HfHubHTTPError, OSError) as err:
         raise HubError(f"model {repo_id}{at}: the download failed ({_reason(err)})") from None
     return Path(path)
