@@ -234,7 +234,11 @@ def test_train_trains_offline_from_hub_ids(cached: Path, tmp_path: Path) -> None
     )
     assert config["model"] == str(cached)
     card = (out / "model" / "README.md").read_text()
-    assert "base_model: org/tiny" in card and "org/prefs" in card
+    assert "base_model: org/tiny" in card and "- org/prefs" in card  # datasets: [org/prefs]
+    assert (
+        "[org/prefs](https://huggingface.co/datasets/org/prefs) (configuration chat, split train)"
+        in card
+    )
 
 
 @pytest.mark.parametrize(
