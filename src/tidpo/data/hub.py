@@ -55,7 +55,7 @@ def hub_id(source: str | os.PathLike[str] | None) -> str | None:
 def _why_unreachable() -> str:
     from datasets import config
 
-    if config.HF_HUB_OFFLINE:
+    if getattr(config, "HF_HUB_OFFLINE", None) or getattr(config, "HF_DATASETS_OFFLINE", None):
         return " (HF_HUB_OFFLINE is set)"
     return f"; the Hugging Face Hub ({config.HF_ENDPOINT}) cannot be reached"
 
