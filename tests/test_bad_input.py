@@ -231,8 +231,8 @@ def test_model_path_missing(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = _train("--model", str(missing), "--output-dir", str(out), *FAST)
     assert _error_line(result) == (
-        f"error: model path not found: {missing} (pass a local model folder, a .gguf file, or "
-        "'default'; models are not downloaded)"
+        f"error: model path not found: {missing} (pass a local model folder, a .gguf file, a "
+        "hub id ORG/NAME, or 'default')"
     )
     assert not out.exists()
 

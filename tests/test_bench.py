@@ -162,3 +162,47 @@ def test_checkpointing_large_vocab_and_profile_through_the_cli(
         f"vocab {vocab}-trl_dpo.txt",
     ]
     assert "by self time" in (prof / "main-trl_dpo.txt").read_text()
+
+
+def test_the_table_keeps_full_names_on_a_terminal_and_is_markdown_in_a_pipe() -> None:
+    """An 80-column terminal gets the rich table with every configuration's full name; a pipe or
+    a log gets a Markdown table, one row per configuration, whatever its width."""
+    import io
+
+    from rich.console import Console
+
+    from tidpo.cli.bench import print_results
+    from tidpo.studies.bench import BenchOptions
+
+    rows = [{"config": c, "group": "main", "max_length": 64, "vocab_size": None,
+             "median_step_s": 1.0 + i, "mean_step_s": 1.5 + i, "tokens_per_s": 100.0,
+             "peak_rss_mb": 900.0, "peak_gpu_mb": None, "ratio_to_trl": 1.0 + i,
+             "memory_to_trl": 0.5} for i, c in enumerate(CONFIGS)]  # fmt: skip
+    opts = BenchOptions(model=None)
+    for terminal in (True, False):
+        out = io.StringIO()
+        print_results(Console(file=out, width=80, force_terminal=terminal, color_system=None),
+                      rows, opts, "fp32 on cpu")  # fmt: skip
+        text = out.getvalue()
+        for name in CONFIGS:
+            assert f" {name} " in text, (terminal, name, text)
+        assert ("┃" in text) is terminal and ("|---|" in text) is not terminal
+    markdown = [line for line in text.splitlines() if line.startswith("| tidpo_precomputed_all |")]
+    assert len(markdown) == 1 and len(markdown[0]) > 80  # not cut to the log's width
+
+
+def test_bench_through_a_pipe_prints_markdown(tiny_model_dir: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "COLUMNS": "80"}  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "tidpo", "bench", "--model", str(tiny_model_dir),
+                           "--configs", "tidpo_precomputed_all", "--steps", "1", "--warmup", "0",
+                           "--repeats", "1", "--max-length", "48"], env=env, text=True,
+                          capture_output=True, timeout=600, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| tidpo_precomputed_all | model x 48 |" in done.stdout, done.stdout
+    assert "tidpo…" not in done.stdout

@@ -226,14 +226,18 @@ def evaluate(
 
 
 def load_rows(
-    dataset_path: str | os.PathLike[str], limit: int | None = None
+    dataset_path: str | os.PathLike[str],
+    limit: int | None = None,
+    split: str | None = None,
+    config: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The first ``limit`` rows (all when None) of a preference file, normalised."""
+    """The first ``limit`` rows (all when None) of a preference file, normalised; a hub dataset
+    id reads its ``split`` (default ``train``) of configuration ``config``."""
     from tidpo.data import load_preferences
 
     if limit is not None and limit < 1:
         raise EvalError(f"--limit must be at least 1, got {limit}")
-    ds = load_preferences(Path(dataset_path))
+    ds = load_preferences(dataset_path, split=split, config=config)
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     return list(ds.to_list())
@@ -250,6 +254,8 @@ def evaluate_paths(
     trust_remote_code: bool = False,
     progress: ProgressFn | None = None,
     precision: Precision | None = None,
+    dataset_split: str | None = None,
+    dataset_config: str | None = None,
 ) -> dict[str, Any]:
     """Load the model(s) and rows from disk, :func:`evaluate`, and write ``out_dir/eval.json``.
 
@@ -258,7 +264,8 @@ def evaluate_paths(
 
     ``model_path``/``ref_path`` are anything :func:`tidpo.training.models.resolve_model` accepts
     (None or ``"default"``: SmolLM2-135M-Instruct); ``dataset_path`` defaults to the bundled test
-    split (``"test"`` and ``"train"`` name the bundled splits).
+    split (``"test"`` and ``"train"`` name the bundled splits; a hub id ``ORG/NAME`` reads its
+    ``dataset_split``, default ``test``, of configuration ``dataset_config``).
     A reference that resolves to the model's own folder reuses the loaded model.
     """
     from tidpo.data import bundled_dataset
@@ -274,7 +281,7 @@ def evaluate_paths(
         data = bundled_dataset(str(dataset_path))
     if out_dir is not None:  # every path is checked before any model work
         check_output_path(Path(out_dir), "--out")
-    rows = load_rows(data, limit)
+    rows = load_rows(data, limit, dataset_split or "test", dataset_config)  # held-out rows
     choice = precision or choose_precision("auto")
     path = resolve_model(model_path)
     ref = resolve_model(ref_path) if ref_path is not None else None

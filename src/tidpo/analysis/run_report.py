@@ -120,19 +120,23 @@ class ReportJob:
     """Report settings of a run (sized so the default job stays within its time budget)."""
 
     run: Path
-    eval_data: Path
+    eval_data: Path | str
     cfg: TIDPOConfig
     eval_limit: int = 32
     max_new_tokens: int = 40
     n_pairs: int = 3
     weight_rows: int = 16
     console: Console | None = None
+    eval_split: str | None = None  # of a hub eval set (default test)
+    eval_config: str | None = None  # of a hub eval set
 
     def _say(self, msg: str) -> None:
         (self.console or Console()).print(f"[cyan]report[/]: {msg}")
 
     def _rows(self) -> list[dict[str, Any]]:
-        return load_rows(self.eval_data, self.eval_limit)
+        return load_rows(
+            self.eval_data, self.eval_limit, self.eval_split or "test", self.eval_config
+        )
 
     def before(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
         """Explain the fixed test pairs with the model as it is before training (once per run)."""

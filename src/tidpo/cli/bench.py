@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,7 +17,21 @@ from tidpo.cli.options import Debug, Model, PrecisionOpt
 from tidpo.extras import MissingExtraError, has_module, missing_message
 from tidpo.fileio import check_output_path
 
-__all__ = ["bench_command"]
+__all__ = ["bench_command", "print_results"]
+
+
+def print_results(
+    console: Console, results: list[dict[str, Any]], opts: Any, precision: str
+) -> None:
+    """The rich table on a terminal; a Markdown table (full names, no width limit) when the output
+    is a pipe or a log, where a rich table would be cut to the log's width."""
+    from tidpo.studies.bench import bench_title, markdown_table, results_table
+
+    if console.is_terminal:
+        console.print(results_table(results, opts, precision))
+    else:
+        console.print(f"{bench_title(opts, precision)}\n\n{markdown_table(results)}", markup=False,
+                      highlight=False, soft_wrap=True)  # fmt: skip
 
 
 def bench_command(
@@ -55,6 +69,7 @@ def bench_command(
 ) -> None:
     """Benchmark TRL DPO vs tidpo DPO / TI-DPO: step time, tokens/s, peak memory."""
     from tidpo.studies.bench import CONFIGS, BenchError, BenchOptions, run_bench, write_json
+    from tidpo.training.precision import choose_precision
 
     console = Console()
     with boundary(debug):
@@ -70,6 +85,7 @@ def bench_command(
                             configs=chosen, profile_dir=profile, precision=precision,
                             large_vocab=large_vocab, large_length=large_length)  # fmt: skip
         results = run_bench(opts, console)
+        print_results(console, results, opts, choose_precision(precision).describe())
         if json_path is not None:
             write_json(results, json_path)
             console.print(f"[green]wrote[/] {json_path}")

@@ -40,7 +40,7 @@ def boundary(debug: bool, interrupted: Callable[[], str] | None = None) -> Itera
     """
     logging.basicConfig(level=logging.ERROR)
     if not debug:  # a library's own "ERROR:" line would come before tidpo's one line
-        for name in ("transformers", "datasets", "accelerate", "torch"):
+        for name in ("transformers", "datasets", "accelerate", "torch", "huggingface_hub"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         yield

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from tidpo.cli.boundary import boundary
-from tidpo.cli.options import Debug, PrecisionOpt, TrustRemoteCode
+from tidpo.cli.options import DatasetConfig, Debug, PrecisionOpt, TrustRemoteCode
 
 __all__ = ["eval_command", "render_tables", "run_eval"]
 
@@ -116,6 +116,8 @@ def run_eval(
     trust_remote_code: bool = False,
     console: Console | None = None,
     precision: str = "auto",
+    dataset_split: str | None = None,
+    dataset_config: str | None = None,
 ) -> dict[str, Any]:
     """Everything `tidpo eval` does, as a function: evaluate, write ``out/eval.json``, print.
 
@@ -136,6 +138,7 @@ def run_eval(
         result = evaluate_paths(
             model, ref_model, dataset, out_dir=out, limit=limit, settings=settings,
             trust_remote_code=trust_remote_code, progress=progress, precision=choice,
+            dataset_split=dataset_split, dataset_config=dataset_config,
         )  # fmt: skip
     for table in render_tables(result):
         console.print(table)
@@ -148,7 +151,10 @@ def run_eval(
 
 def eval_command(
     model: Annotated[
-        str, typer.Option(help="Model to evaluate: a local folder, a .gguf file, or 'default'.")
+        str,
+        typer.Option(
+            help="Model to evaluate: a local folder, a .gguf file, a hub id ORG/NAME, or 'default'."
+        ),
     ],
     ref_model: Annotated[
         str | None,
@@ -156,8 +162,20 @@ def eval_command(
     ] = None,
     dataset: Annotated[
         str | None,
-        typer.Option(help="Preference file (default: the bundled test split; 'test' also works)."),
+        typer.Option(
+            help="Preference file or hub id ORG/NAME (default: the bundled test split; "
+            "'test' also works)."
+        ),
     ] = None,
+    dataset_split: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset-split",
+            "--dataset_test_split",
+            help="Split of a hub --dataset (default: test).",
+        ),
+    ] = None,
+    dataset_config: DatasetConfig = None,
     out: Annotated[Path, typer.Option(help="Output folder for eval.json.")] = Path("eval"),
     limit: Annotated[int | None, typer.Option(help="Use only the first N rows.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 64,
@@ -178,5 +196,6 @@ def eval_command(
     with boundary(debug):
         run_eval(
             model, ref_model, dataset, out, limit, max_new_tokens, sampling, seed, batch_size,
-            beta, trust_remote_code, precision=precision,
+            beta, trust_remote_code, precision=precision, dataset_split=dataset_split,
+            dataset_config=dataset_config,
         )  # fmt: skip

@@ -31,10 +31,15 @@ def _worker(text: str) -> tuple[int, int]:
 def experiment_command(
     study: Annotated[str, typer.Argument(help="ablation, noise, importance or all.")],
     model: Annotated[
-        str | None, typer.Option(help="Model folder or .gguf (default: SmolLM2-135M).")
+        str | None,
+        typer.Option(help="Model folder, .gguf file or hub id ORG/NAME (default: SmolLM2-135M)."),
     ] = None,
     dataset: Annotated[
-        str | None, typer.Option(help="Training preferences (default: the bundled train split).")
+        str | None,
+        typer.Option(
+            help="Training preferences: a file or hub id ORG/NAME (its train split; "
+            "default: the bundled train split)."
+        ),
     ] = None,
     seeds: Annotated[int, typer.Option(help="Number of seeds (0, 1, ...).")] = 3,
     budget: Annotated[str, typer.Option(help="small (about an hour on 2 cores) or medium.")] = (

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from tidpo.cli.boundary import boundary
-from tidpo.cli.options import Debug, Model, PrecisionOpt, TrustRemoteCode
+from tidpo.cli.options import Debug, Model, ModelRevision, PrecisionOpt, TrustRemoteCode
 from tidpo.extras import plots_note
 from tidpo.fileio import check_output_path
 
@@ -38,6 +38,7 @@ def run_explain(
     trust_remote_code: bool = False,
     console: Console | None = None,
     precision: str = "auto",
+    model_revision: str | None = None,
 ) -> dict[str, Path]:
     """Everything `tidpo explain` does, as a function; returns the written files by kind."""
 
@@ -75,7 +76,8 @@ def run_explain(
         raise ExplainError("--chosen and --rejected must not be empty")
 
     start = time.perf_counter()
-    model_path, tokenizer, lm = load_for_inference(model, choice.device, trust_remote_code)
+    model_path, tokenizer, lm = load_for_inference(model, choice.device, trust_remote_code,
+                                                   model_revision)  # fmt: skip
     mode = anchor.strip().lower()
     anchor_text: str | None
     with choice.autocast():
@@ -124,6 +126,7 @@ def run_explain(
 
 def explain_command(
     model: Model = None,
+    model_revision: ModelRevision = None,
     prompt: Annotated[
         str | None, typer.Option(help="The prompt (with --chosen/--rejected).")
     ] = None,
@@ -131,7 +134,10 @@ def explain_command(
     rejected: Annotated[str | None, typer.Option(help="The non-preferred response.")] = None,
     dataset: Annotated[
         str | None,
-        typer.Option(help="Preference file to take the pair from ('train'/'test': bundled)."),
+        typer.Option(
+            help="Preference file or hub id ORG/NAME (its train split) to take the pair "
+            "from ('train'/'test': bundled)."
+        ),
     ] = None,
     index: Annotated[int, typer.Option(help="Row of --dataset (0-based).")] = 0,
     anchor: Annotated[
@@ -151,4 +157,5 @@ def explain_command(
         run_explain(
             model, prompt, chosen, rejected, dataset, index, anchor, out, lam, sigma_div, top_k,
             seed, trust_remote_code=trust_remote_code, precision=precision,
+            model_revision=model_revision,
         )  # fmt: skip

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from tidpo.cli.boundary import boundary
-from tidpo.cli.options import Debug, Model, TrustRemoteCode
+from tidpo.cli.options import DatasetConfig, Debug, ModelRevision, TrustRemoteCode
 from tidpo.errors import TidpoError
 from tidpo.extras import plots_note
 
@@ -57,25 +57,29 @@ def _hooks(opts: Any, console: Console) -> Any:
 def _report_job(opts: Any, console: Console) -> Any:
     """The run report's model work (`tidpo.analysis.run_report.ReportJob`)."""
     from tidpo.analysis.run_report import ReportJob
-    from tidpo.data import bundled_dataset
+    from tidpo.data import bundled_dataset, hub_id
     from tidpo.training.settings import build_config
 
     out = opts.output_path()
-    eval_data = Path(opts.eval_dataset) if opts.eval_dataset else bundled_dataset("test")
-    return ReportJob(out, eval_data, build_config(opts, out), console=console)
+    eval_data: Path | str = bundled_dataset("test")
+    config = None
+    if opts.eval_dataset:
+        eval_data = opts.eval_dataset
+    elif opts.dataset_test_split and hub_id(opts.dataset):  # TRL's test split of the hub set
+        eval_data, config = str(opts.dataset), opts.dataset_config
+    return ReportJob(out, eval_data, build_config(opts, out), console=console,
+                     eval_split=opts.dataset_test_split, eval_config=config)  # fmt: skip
 
 
 def _dry_run(opts: Any, console: Console) -> None:
     """Everything `tidpo train` checks before training, and the data through the tokenizer."""
-    from tidpo.data import load_preferences, tokenize_dataset
+    from tidpo.data import tokenize_dataset
     from tidpo.training.models import load_tokenizer
-    from tidpo.training.run import check_run
+    from tidpo.training.run import check_run, load_training_rows
 
     out, cfg, model_path, data_path = check_run(opts)
     tokenizer = load_tokenizer(model_path, trust_remote_code=opts.trust_remote_code)
-    ds, dropped = tokenize_dataset(
-        load_preferences(data_path, columns=opts.columns), tokenizer, cfg.max_length
-    )
+    ds, dropped = tokenize_dataset(load_training_rows(opts, data_path), tokenizer, cfg.max_length)
     console.print(f"dry run: settings, {model_path} and {data_path} ({len(ds)} rows, {dropped} "
                   f"dropped by max_length) are usable; nothing was written to {out}",
                   highlight=False, markup=False, soft_wrap=True)  # fmt: skip
@@ -97,9 +101,40 @@ def _where_to_resume(opts: Any) -> str:
 def train_command(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option(help="YAML file of TIDPOConfig fields.")] = None,
-    model: Model = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "--model_name_or_path",
+            help="Local transformers folder, a .gguf file, a hub id ORG/NAME, or 'default'.",
+        ),
+    ] = None,
+    model_revision: ModelRevision = None,
     dataset: Annotated[
-        str | None, typer.Option(help="JSONL/JSON/parquet/CSV file or save_to_disk folder.")
+        str | None,
+        typer.Option(
+            "--dataset",
+            "--dataset_name",
+            help="JSONL/JSON/parquet/CSV file, save_to_disk folder, or hub id ORG/NAME.",
+        ),
+    ] = None,
+    dataset_config: DatasetConfig = None,
+    dataset_train_split: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset-train-split",
+            "--dataset_train_split",
+            help="Split of a hub --dataset to train on (default: train).",
+        ),
+    ] = None,
+    dataset_test_split: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset-test-split",
+            "--dataset_test_split",
+            help="Split of the hub set the run report evaluates on (default: the "
+            "bundled test set).",
+        ),
     ] = None,
     columns: Annotated[
         str | None,
@@ -177,6 +212,9 @@ def train_command(
     where: dict[str, Any] = {}
     with boundary(debug, lambda: _where_to_resume(where.get("opts"))):
         flags = {"model": model, "dataset": dataset, "columns": columns, "loss": loss,
+                 "model_revision": model_revision, "dataset_config": dataset_config,
+                 "dataset_train_split": dataset_train_split,
+                 "dataset_test_split": dataset_test_split,
                  "weighting": weighting, "preset": preset, "precision": precision, "lora": lora,
                  "max_steps": max_steps,
                  "output_dir": output_dir, "name": name, "resume": resume,

@@ -13,7 +13,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tidpo.cli.boundary import boundary
-from tidpo.cli.options import Debug, Model, PrecisionOpt, TrustRemoteCode
+from tidpo.cli.options import (
+    DatasetConfig,
+    DatasetSplit,
+    Debug,
+    Model,
+    ModelRevision,
+    PrecisionOpt,
+    TrustRemoteCode,
+)
 from tidpo.errors import TidpoError
 from tidpo.fileio import check_output_path
 
@@ -31,8 +39,10 @@ def run_weights(
     precision: str = "auto",
     trust_remote_code: bool = False,
     console: Console | None = None,
+    hub: dict[str, str | None] | None = None,
 ) -> Path:
-    """Everything `tidpo weights` does, as a function; returns the written file."""
+    """Everything `tidpo weights` does, as a function; returns the written file. ``hub`` holds
+    ``model_revision``, ``dataset_config`` and ``dataset_split`` for hub ids."""
 
     from tidpo.analysis.weights_file import rows_with_weights, write_rows
     from tidpo.data import bundled_dataset, load_preferences
@@ -50,9 +60,12 @@ def run_weights(
     ws = WeightSettings.of(cfg)
     choice = choose_precision(precision)
     console.print(choice.describe(), highlight=False)
-    data_path = Path(dataset) if dataset else bundled_dataset("train")
-    rows = load_preferences(data_path, columns=columns).to_list()
-    model_path, tokenizer, lm = load_for_inference(model, choice.device, trust_remote_code)
+    hub = hub or {}
+    data_path = dataset or bundled_dataset("train")
+    rows = load_preferences(data_path, columns=columns, config=hub.get("dataset_config"),
+                            split=hub.get("dataset_split")).to_list()  # fmt: skip
+    model_path, tokenizer, lm = load_for_inference(model, choice.device, trust_remote_code,
+                                                   hub.get("model_revision"))  # fmt: skip
     columns_ = [TextColumn("weights"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns_, console=console, transient=True) as bar, choice.autocast():
         task = bar.add_task("weights", total=len(rows))
@@ -75,10 +88,11 @@ def run_estimator_weights(
     precision: str = "auto",
     trust_remote_code: bool = False,
     console: Console | None = None,
+    hub: dict[str, str | None] | None = None,
 ) -> Path:
     """`tidpo weights --method tgdpo|tis-dpo|sepo` as a function: ``dpo_model`` is the DPO-trained
     model (SePO's oracle), ``other_model`` the reference (TGDPO, SePO; None: the default model)
-    or the reverse-DPO model (TIS-DPO). Returns the written file."""
+    or the reverse-DPO model (TIS-DPO). ``hub`` as in `run_weights`. Returns the written file."""
     from tidpo.analysis.estimator_weights import estimator_rows
     from tidpo.analysis.weights_file import write_rows
     from tidpo.data import bundled_dataset, load_preferences
@@ -91,8 +105,10 @@ def run_estimator_weights(
     check_output_path(out, "--out", folder=False)
     choice = choose_precision(precision)
     console.print(choice.describe(), highlight=False)
-    data_path = Path(dataset) if dataset else bundled_dataset("train")
-    rows = load_preferences(data_path, columns=columns).to_list()
+    hub = hub or {}
+    data_path = dataset or bundled_dataset("train")
+    rows = load_preferences(data_path, columns=columns, config=hub.get("dataset_config"),
+                            split=hub.get("dataset_split")).to_list()  # fmt: skip
     other_flag = "--reverse-model" if settings.method == "tis-dpo" else "--model"
     first_path, tokenizer, first = load_for_inference(dpo_model, choice.device, trust_remote_code)
     second_path, other_tok, second = load_for_inference(other_model, choice.device,
@@ -168,9 +184,15 @@ def weights_command(
     rank_min: Annotated[float, typer.Option(help="tis-dpo: the lowest weight.")] = 0.7,
     rank_max: Annotated[float, typer.Option(help="tis-dpo: the highest weight.")] = 1.3,
     fraction: Annotated[float, typer.Option(help="sepo: share of tokens kept per response.")] = 0.3,
+    model_revision: ModelRevision = None,
     dataset: Annotated[
-        str | None, typer.Option(help="Preference file (default: the bundled training set).")
+        str | None,
+        typer.Option(
+            help="Preference file or hub id ORG/NAME (default: the bundled training set)."
+        ),
     ] = None,
+    dataset_config: DatasetConfig = None,
+    dataset_split: DatasetSplit = None,
     columns: Annotated[
         str | None, typer.Option(help="The dataset's column names: prompt=question,...")
     ] = None,
@@ -198,6 +220,8 @@ def weights_command(
         "attribution_target": attribution_target,
     }  # fmt: skip
     with boundary(debug):
+        hub = {"model_revision": model_revision, "dataset_config": dataset_config,
+               "dataset_split": dataset_split}  # fmt: skip
         if method not in METHOD_CHOICES:
             known = ", ".join(METHOD_CHOICES)
             raise TidpoError(f"--method: must be one of {known}; got {method!r}")
@@ -205,7 +229,8 @@ def weights_command(
             for flag, value in (("--dpo-model", dpo_model), ("--reverse-model", reverse_model)):
                 if value is not None:
                     raise TidpoError(f"{flag}: --method ti-dpo uses --model only")
-            run_weights(model, dataset, out, settings, columns, precision, trust_remote_code)
+            run_weights(model, dataset, out, settings, columns, precision, trust_remote_code,
+                        hub=hub)  # fmt: skip
             return
         if settings != _TI_DPO_DEFAULTS:
             changed = ", ".join(k for k in settings if settings[k] != _TI_DPO_DEFAULTS[k])
@@ -215,7 +240,7 @@ def weights_command(
         est = _estimator_settings(method, dpo_model, reverse_model, model, numbers)
         other = reverse_model if method == "tis-dpo" else model
         run_estimator_weights(est, str(dpo_model), other, dataset, out, columns, precision,
-                              trust_remote_code)  # fmt: skip
+                              trust_remote_code, hub=hub)  # fmt: skip
 
 
 _TI_DPO_DEFAULTS: dict[str, Any] = {

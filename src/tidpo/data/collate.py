@@ -13,6 +13,8 @@ and optionally ``anchor_ids``, response token ids only) into tensors laid out as
     token_weights   [2B, L]  float32: each response token's weight from the data (0 on prompt and
                              padding); only when every row has ``chosen_token_weights`` and
                              ``rejected_token_weights`` (``weighting="column"``)
+    pair_weight     [B]      float32: each pair's weight in the loss (the data's ``weight``); only
+                             when every row has one
 
 :func:`response_aligned` left-aligns the response positions of each row, so that per-token values
 of different sequences (anchor, chosen, rejected) can be compared position by position.
@@ -26,6 +28,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from tidpo.data.columns import PAIR_WEIGHT
 
 
 def _ids(value: Any) -> list[int]:
@@ -114,6 +118,9 @@ class PreferenceCollator:
         if all(f.get("dataset_id") is not None for f in features):
             ids = [int(f["dataset_id"]) for f in features]
             batch["dataset_id"] = torch.tensor(ids, dtype=torch.long)
+        if all(f.get(PAIR_WEIGHT) is not None for f in features):
+            weights = [float(f[PAIR_WEIGHT]) for f in features]
+            batch["pair_weight"] = torch.tensor(weights, dtype=torch.float32)
         keys = ("chosen_token_weights", "rejected_token_weights")
         if all(f.get(k) is not None for f in features for k in keys):
             given = [_floats(f[k]) for k in keys for f in features]

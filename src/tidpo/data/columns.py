@@ -1,4 +1,4 @@
-"""Columns beyond the text: other column names (``--columns``) and per-token weights from the data.
+"""Columns beyond the text: other column names (``--columns``), per-token and per-pair weights.
 
 ``--columns prompt=question,chosen=good,rejected=bad`` reads a file whose fields have other names:
 `parse_columns` turns the text into ``{"prompt": "question", ...}`` and `rename_row` applies it to
@@ -11,6 +11,10 @@ reverse-DPO model (``reverse_pairs``; TIS-DPO's contrastive pair needs one).
 number per response token (after the chat template, end-of-turn token included) or one per word
 (`tidpo.data.tokenize.token_weights_of` maps words to tokens). `check_weights` validates the
 numbers where the row is read (``file:line``); their count is checked when the row is tokenized.
+
+``weight`` (`PAIR_WEIGHT`, TRL users' per-example weight, trl#5613) holds one finite number >= 0
+per pair: the pair's loss term is multiplied by it before the batch mean
+(`tidpo.training.objective.step_loss`); `check_pair_weight` validates it.
 """
 
 from __future__ import annotations
@@ -25,17 +29,22 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
 __all__ = [
+    "PAIR_WEIGHT",
     "RENAMABLE",
     "WEIGHT_COLUMNS",
     "ColumnsError",
     "DataError",
+    "check_pair_weight",
     "check_weights",
     "parse_columns",
     "rename_row",
     "swap_chosen_rejected",
 ]
 
-RENAMABLE = ("prompt", "chosen", "rejected", "anchor", "chosen_weights", "rejected_weights")
+PAIR_WEIGHT = "weight"
+"""The per-pair weight column: each pair's loss term is multiplied by it."""
+RENAMABLE = ("prompt", "chosen", "rejected", "anchor", "chosen_weights", "rejected_weights",
+             PAIR_WEIGHT)  # fmt: skip
 """The fields ``--columns`` may map to a file's own column names."""
 WEIGHT_COLUMNS = ("chosen_weights", "rejected_weights")
 """The per-token weight columns of ``weighting="column"``."""
@@ -126,3 +135,16 @@ def swap_chosen_rejected(ds: Dataset) -> Dataset:
     aside = {c: f"__swap__{c}" for pair in pairs for c in pair}
     back = {**{f"__swap__{a}": b for a, b in pairs}, **{f"__swap__{b}": a for a, b in pairs}}
     return ds.rename_columns(aside).rename_columns(back) if pairs else ds
+
+
+def check_pair_weight(value: Any, loc: str) -> float:
+    """A pair's ``weight`` as a float: a finite number >= 0; else an error naming ``loc``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(f'{loc}: field "{PAIR_WEIGHT}" must be a number >= 0 (the pair\'s weight '
+                        f"in the loss); got {value!r}")  # fmt: skip
+    if not math.isfinite(value):
+        raise DataError(f'{loc}: field "{PAIR_WEIGHT}": {value} is not finite')
+    if value < 0:
+        raise DataError(f'{loc}: field "{PAIR_WEIGHT}": {value} is negative (a pair\'s weight '
+                        "must be >= 0)")  # fmt: skip
+    return float(value)

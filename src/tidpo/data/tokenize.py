@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset
 
-from tidpo.data.load import DataError, Message, dataset_of
+from tidpo.data.columns import DataError
+from tidpo.data.rows import Message, dataset_of
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

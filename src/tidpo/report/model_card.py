@@ -188,13 +188,20 @@ def _read_config(run: Path) -> dict[str, Any]:
 
 
 def _data_text(config: Mapping[str, Any]) -> str:
-    """What the run trained on: the bundled set or a local file, and how many pairs."""
-    from tidpo.data import bundled_dataset
+    """What the run trained on: the bundled set, a hub dataset or a local file, and how many
+    pairs."""
+    from tidpo.data import bundled_dataset, hub_id
 
     data = config.get("dataset")
     if data and Path(data) == bundled_dataset("train"):
         text = ("tidpo's bundled preference set, train split (helpful answers, safety refusals, "
                 "factual QA, arithmetic, instruction constraints)")  # fmt: skip
+    elif data and hub_id(data):
+        parts = (
+            [f"configuration {config['dataset_config']}"] if config.get("dataset_config") else []
+        )
+        parts.append(f"split {config.get('dataset_train_split') or 'train'}")
+        text = f"[{data}](https://huggingface.co/datasets/{data}) ({', '.join(parts)})"
     else:
         text = f"`{data}` (a local preference file)" if data else "not recorded"
     rows = config.get("train_rows")
@@ -223,7 +230,11 @@ def model_card(run: str | Path, repo_id: str | None = None) -> ModelCard:
     last = final_metrics(read_metrics(run))
     model_path = config.get("model")
     base_id = base_model_id(model_path)
+    from tidpo.data import hub_id
+
+    hub_data = config.get("dataset") if hub_id(str(config.get("dataset") or "")) else None
     data = ModelCardData(base_model=base_id, library_name="transformers",
+                         datasets=[hub_data] if hub_data else None,
                          license=_license(model_path, base_id), pipeline_tag="text-generation",
                          tags=list(TAGS))  # fmt: skip
     base = (f"[{base_id}](https://huggingface.co/{base_id}) (local copy `{model_path}`)"

@@ -58,7 +58,7 @@ from tidpo.studies.bench_worker import CONFIGS
 from tidpo.training.precision import choose_precision
 
 __all__ = ["CONFIGS", "LARGE_CONFIGS", "TARGETS", "BenchError", "BenchOptions", "bench_rows",
-           "memory_table", "run_bench"]  # fmt: skip
+           "bench_title", "memory_table", "run_bench"]  # fmt: skip
 
 # Step time / TRL's step time that each configuration should stay under (the mean for
 # refresh 4, whose sampling step is amortised over the refresh period).
@@ -193,7 +193,8 @@ def _run_worker(config: str, opts: BenchOptions, model: Path, group: _Group, wor
 
 
 def run_bench(opts: BenchOptions, console: Any = None) -> list[dict[str, Any]]:
-    """Run every configuration (round-robin over ``repeats``); print and return the results."""
+    """Run every configuration (round-robin over ``repeats``); return the results (the command
+    prints them: `tidpo.cli.bench.print_results`)."""
     from tidpo.training.models import load_tokenizer, resolve_model
 
     opts.validate()
@@ -233,18 +234,9 @@ def run_bench(opts: BenchOptions, console: Any = None) -> list[dict[str, Any]]:
                                 f"[red]{escape(str(err))}[/]\n" + escape("\n".join(err.tail))
                             )
             results += _summarise({c: r for c, r in runs.items() if c not in failed}, group)
-            results += [
-                {
-                    "config": c,
-                    "group": group.name,
-                    "max_length": group.max_length,
-                    "vocab_size": group.vocab_size,
-                    "error": e,
-                }
-                for c, e in failed.items()
-            ]
-    if console is not None:
-        console.print(results_table(results, opts, choice.describe()))
+            results += [{"config": c, "group": group.name, "max_length": group.max_length,
+                         "vocab_size": group.vocab_size, "error": e}
+                        for c, e in failed.items()]  # fmt: skip
     return results
 
 
@@ -322,13 +314,17 @@ def results_table(results: list[dict[str, Any]], opts: BenchOptions, precision: 
     """The results as a rich table (ratios to TRL in the same group; targets marked)."""
     from rich.table import Table
 
-    title = (f"tidpo bench: {opts.batch} pairs, {opts.steps} steps x {opts.repeats} round(s); "
-             f"{precision}")  # fmt: skip
-    table = Table(title=title)
+    table = Table(title=bench_title(opts, precision))
     memory = "GPU MB" if any(r.get("peak_gpu_mb") for r in results) else "RSS MB"
+    names = max((len(r["config"]) for r in results), default=6)  # full names; others give way
     for col in ("config", "vocab x len", "median s", "mean s", "tok/s", memory, "x TRL",
                 "mem x TRL", "targets"):  # fmt: skip
-        table.add_column(col, justify="left" if col in ("config", "targets") else "right")
+        table.add_column(
+            col,
+            justify="left" if col in ("config", "targets") else "right",
+            no_wrap=col == "config",
+            min_width=names if col == "config" else None,
+        )
     for r in results:
         shape = _shape(r)
         if "error" in r:
@@ -377,6 +373,13 @@ def memory_table(results: list[dict[str, Any]]) -> str:
         cells = [_mb(v) for v in (r.get("setup_mb"), between, peak, step)]
         lines.append(f"| {r['config']} | {_shape(r)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def bench_title(opts: BenchOptions, precision: str) -> str:
+    """The table's title: pairs, steps, rounds and precision."""
+    return (
+        f"tidpo bench: {opts.batch} pairs, {opts.steps} steps x {opts.repeats} rounds; {precision}"
+    )
 
 
 def _shape(row: dict[str, Any]) -> str:

@@ -88,7 +88,9 @@ def run_experiment(
         raise ExperimentError(f"--worker: must be I/N with 0 <= I < N; got {index}/{workers}")
     if real_data is not None and not Path(real_data).is_dir():
         raise ExperimentError(f"--real-data: {real_data} is not a folder")
-    if dataset is not None and not Path(dataset).exists():
+    from tidpo.data import hub_id
+
+    if dataset is not None and not Path(dataset).exists() and hub_id(dataset) is None:
         raise ExperimentError(f"--dataset: {dataset}: file not found")
     check_output_path(Path(out), "--out")
     chosen = BUDGETS[budget]

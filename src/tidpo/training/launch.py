@@ -102,12 +102,11 @@ def relaunch(
     if sharding == "zero3" and importlib.util.find_spec("deepspeed") is None:
         raise LaunchError("--sharding zero3 needs DeepSpeed: pip install deepspeed")
 
-    from tidpo.data import load_preferences
-    from tidpo.training.run import check_run
+    from tidpo.training.run import check_run, load_training_rows
 
     _, _, _, data_path = check_run(opts)
-    # A bad row stops here, before N processes start.
-    load_preferences(data_path, columns=opts.columns)
+    # A bad row stops here, before N processes start (and a hub dataset is cached for them).
+    load_training_rows(opts, data_path)
     env = dict(os.environ)
     if not torch.cuda.is_available():
         if sharding != "zero3":  # DeepSpeed brings its own CPU accelerator; use_cpu turns it off

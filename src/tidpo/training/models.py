@@ -5,8 +5,8 @@ The default model, SmolLM2-135M-Instruct, ships as a quantised GGUF file inside 
 trained or saved, so on first use it is converted once into a plain fp32 safetensors checkpoint
 kept under :func:`cache_dir`. Later runs reload that folder in well under a second.
 
-Nothing here contacts a model hub: a model is either the default, a local ``.gguf`` file, or a
-local transformers folder (one with ``config.json``).
+A model is the default, a local ``.gguf`` file or transformers folder (with ``config.json``), or,
+where no such path exists, a hub id ``ORG/NAME`` (`tidpo.training.hub.fetch_model`).
 """
 
 from __future__ import annotations
@@ -241,9 +241,7 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return True  # alive (PermissionError: alive, someone else's)
 
 
 def _is_complete(folder: Path) -> bool:
@@ -265,19 +263,29 @@ def _ensure_converted(gguf_path: Path, out_dir: Path) -> Path:
     return convert_gguf(gguf_path, out_dir)
 
 
-def resolve_model(name_or_path: str | os.PathLike[str] | None) -> Path:
-    """Turn a model name or path into a local transformers folder, converting GGUF if needed.
+def resolve_model(name_or_path: str | os.PathLike[str] | None, revision: str | None = None) -> Path:
+    """Turn a model name, path or hub id into a local transformers folder (GGUF converted).
 
     * ``None``, ``"default"`` or :data:`DEFAULT_MODEL`: the default SmolLM2-135M-Instruct,
       converted on first use into ``cache_dir()/models/SmolLM2-135M-Instruct``.
     * a ``.gguf`` file: converted into ``cache_dir()/models/<stem>-<hash>`` (reused while the
       file's path, size and modification time are unchanged).
     * a folder containing ``config.json``: returned as it is.
+    * ``ORG/NAME`` where no such local path exists (`tidpo.data.hub_id`): the hub model's
+      snapshot folder in the Hugging Face cache, at ``revision`` (default: main).
 
     Raises:
         ModelNotFoundError: the name or path designates no usable local model.
         ModelLoadError: a ``.gguf`` file exists but is corrupt or unreadable.
+        tidpo.training.hub.HubError: a hub id that is neither on the hub nor in the cache.
     """
+    from tidpo.data import hub_id
+
+    repo = hub_id(name_or_path)
+    if repo is not None:
+        from tidpo.training.hub import fetch_model
+
+        return fetch_model(repo, revision)
     if name_or_path is None or str(name_or_path).strip().lower() in _DEFAULT_ALIASES:
         out_dir = cache_dir() / "models" / DEFAULT_MODEL_DIRNAME
         if _is_complete(out_dir):
@@ -295,10 +303,8 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None) -> Path:
         raise ModelNotFoundError(
             f"not a model (expected a folder with config.json or a .gguf file): {path}"
         )
-    raise ModelNotFoundError(
-        f"model path not found: {path} (pass a local model folder, a .gguf file, or 'default'; "
-        "models are not downloaded)"
-    )
+    raise ModelNotFoundError(f"model path not found: {path} (pass a local model folder, a .gguf "
+                             "file, a hub id ORG/NAME, or 'default')")  # fmt: skip
 
 
 _WEIGHTS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
@@ -375,13 +381,14 @@ def load_for_inference(
     name_or_path: str | os.PathLike[str] | None,
     device: torch.device | str | None = None,
     trust_remote_code: bool = False,
+    revision: str | None = None,
 ) -> tuple[Path, PreTrainedTokenizerBase, PreTrainedModel]:
     """``(folder, tokenizer, fp32 model in eval mode on device)`` for a command that only reads
     a model (explain, weights): resolved (`resolve_model`) and checked (`check_model_folder`)
     before anything loads."""
     import torch
 
-    path = resolve_model(name_or_path)
+    path = resolve_model(name_or_path, revision)
     check_model_folder(path, trust_remote_code)
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     model = load_causal_lm(path, dtype=torch.float32, trust_remote_code=trust_remote_code,

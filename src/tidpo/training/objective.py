@@ -51,6 +51,7 @@ class StepTensors:
     special: Tensor | None = None  # [2B, L] unshifted: the tokenizer's special tokens
     given_weights: Tensor | None = None  # [2B, L] unshifted: the data's weights ("column")
     input_ids: Tensor | None = None  # [2B, L] unshifted token ids (tie_shared_prefix reads them)
+    pair_weights: Tensor | None = None  # [B]: each pair's weight in the loss (the data's "weight")
 
 
 def weight_span_mask(attention_mask: Tensor, response_mask: Tensor, span: str) -> Tensor:
@@ -219,6 +220,10 @@ def step_loss(
 ) -> tuple[Tensor, dict[str, float]]:
     """The batch loss (mean over pairs) of ``cfg.loss`` and its metrics (TRL's names and ours).
 
+    With ``t.pair_weights`` (the data's per-pair ``weight``) each pair's loss (its preference term
+    and, for TI-DPO, its triplet term) is multiplied by its weight before the mean over the
+    batch; the ``sft_weight`` term and the logged rewards are not weighted.
+
     Only response labels (``t.response``) enter the margin, the sequential KL and the triplet;
     weights are placed over ``t.weight_span``, so with the ``"sequence"`` span prompt tokens take
     weight but contribute nothing. When ``details`` is a dict it receives the per-token and
@@ -299,6 +304,8 @@ def step_loss(
             out.update(weights=w_base.detach(), margins=sums.detach())
         loss, rew_c, rew_r = _baseline(cfg, ratios, pol, resp, sums, t.policy_seq_kl, b, w_base)
         metrics["loss/dpo_w"] = _f(loss)
+    if t.pair_weights is not None:
+        loss = loss * t.pair_weights.to(loss.dtype)
     out["losses"] = loss.detach()
     total = loss.mean()
     if cfg.sft_weight > 0:  # TRL's "sft" term: token-mean NLL of the chosen responses

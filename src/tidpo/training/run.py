@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from transformers import set_seed
 
-from tidpo.data import bundled_dataset
+from tidpo.data import bundled_dataset, hub_id, load_preferences
 from tidpo.fileio import check_output_path
 from tidpo.training.config import TIDPOConfig
 from tidpo.training.runfolder import (
@@ -34,9 +34,12 @@ from tidpo.training.runfolder import (
 from tidpo.training.settings import RunError, RunOptions, build_config
 
 if TYPE_CHECKING:
+    from datasets import Dataset
+
     from tidpo.training.trainer import TIDPOTrainer
 
-__all__ = ["RunHooks", "check_run", "describe_optimisation", "run_training"]
+__all__ = ["RunHooks", "check_run", "data_source", "describe_optimisation", "load_training_rows",
+           "run_training"]  # fmt: skip
 
 
 @dataclass
@@ -49,12 +52,33 @@ class RunHooks:
     after: Callable[[Any, Callable[[], Any], Any], None] | None = None
 
 
-def check_run(opts: RunOptions) -> tuple[Path, TIDPOConfig, Path, Path]:
+def data_source(opts: RunOptions) -> Path | str:
+    """``--dataset`` as a local path or a hub id (`tidpo.data.hub_id`); the bundled training set
+    when none is given. A missing local file is a `RunError`."""
+    if not opts.dataset:
+        return bundled_dataset("train")
+    repo = hub_id(opts.dataset)
+    if repo is not None:
+        return repo
+    if not Path(opts.dataset).exists():
+        raise RunError(f"{opts.dataset}: file not found")
+    return Path(opts.dataset)
+
+
+def load_training_rows(opts: RunOptions, data: Path | str) -> Dataset:
+    """The training rows, validated (`tidpo.data.load_preferences`): ``--columns`` and, for a hub
+    dataset, ``dataset_config`` and ``dataset_train_split``."""
+    return load_preferences(data, columns=opts.columns, config=opts.dataset_config,
+                            split=opts.dataset_train_split)  # fmt: skip
+
+
+def check_run(opts: RunOptions) -> tuple[Path, TIDPOConfig, Path, Path | str]:
     """What can be checked before any work: the output folder, the config, ``--push-to-hub``
     (`tidpo.training.hub.check_push`), model and data paths.
 
-    Returns ``(output_dir, config, model_path, data_path)``; raises a `TidpoError` naming the
-    problem. A ``.gguf`` model is converted here (once), so launched processes find it ready.
+    Returns ``(output_dir, config, model_path, data)``; raises a `TidpoError` naming the
+    problem. A ``.gguf`` model is converted here (once), and a hub model fetched into the
+    Hugging Face cache, so launched processes find it ready.
     """
     from tidpo.training.models import check_model_folder, resolve_model
 
@@ -68,18 +92,18 @@ def check_run(opts: RunOptions) -> tuple[Path, TIDPOConfig, Path, Path]:
 
         check_push(opts.push_to_hub)  # before hours of training, not after
     with cfg.main_process_first(desc="model conversion"):  # one process converts a .gguf
-        model_path = resolve_model(opts.model)
+        model_path = resolve_model(opts.model, opts.model_revision)
     check_model_folder(model_path, opts.trust_remote_code)
     if cfg.ref_model:
         check_model_folder(resolve_model(cfg.ref_model), opts.trust_remote_code)
-    data_path = Path(opts.dataset) if opts.dataset else bundled_dataset("train")
-    for path in (data_path, Path(opts.eval_dataset) if opts.eval_dataset else None):
-        if path is not None and not path.exists():
-            raise RunError(f"{path}: file not found")
+    data = data_source(opts)
+    eval_file = opts.eval_dataset and hub_id(opts.eval_dataset) is None
+    if eval_file and not Path(str(opts.eval_dataset)).exists():
+        raise RunError(f"{opts.eval_dataset}: file not found")
     if _name(cfg.eval_strategy) != "no" and not opts.eval_dataset:
         raise RunError(f"eval_strategy: {_name(cfg.eval_strategy)!r} evaluates during training "
-                       "and needs eval_dataset (a preference file)")  # fmt: skip
-    return out, cfg, model_path, data_path
+                       "and needs eval_dataset (a preference file or hub id)")  # fmt: skip
+    return out, cfg, model_path, data
 
 
 def run_training(
@@ -103,15 +127,21 @@ def run_training(
     main = cfg.process_index == 0
     say = console.print if main else _quiet
     procs = f", {cfg.world_size} processes" if cfg.world_size > 1 else ""
-    say(f"[bold]tidpo train[/]: model {escape(str(model_path))}, data {escape(str(data_path))}, "
+    label = f"{opts.model} ({model_path})" if hub_id(opts.model) else str(model_path)
+    say(f"[bold]tidpo train[/]: model {escape(label)}, data {escape(str(data_path))}, "
         f"loss {cfg.loss}{procs}", soft_wrap=True)  # fmt: skip
     say(escape(cfg.precision_choice.describe()), soft_wrap=True)
     say(escape(describe_optimisation(cfg)), soft_wrap=True)
     tokenizer = load_tokenizer(model_path, trust_remote_code=opts.trust_remote_code)
     # Data first: a bad row stops the run before the model loads.
-    ds = _tokenized(data_path, opts.columns, tokenizer, cfg, say)
-    eval_path = Path(opts.eval_dataset) if opts.eval_dataset else None
-    eval_ds = _tokenized(eval_path, opts.columns, tokenizer, cfg, say) if eval_path else None
+    ds = _tokenized(load_training_rows(opts, data_path), data_path, tokenizer, cfg, say)
+    eval_ds = None
+    if opts.eval_dataset:
+        repo = hub_id(opts.eval_dataset)
+        eval_src = repo or Path(opts.eval_dataset)
+        eval_rows = load_preferences(eval_src, columns=opts.columns, config=opts.dataset_config,
+                                     split=opts.dataset_test_split)  # fmt: skip
+        eval_ds = _tokenized(eval_rows, eval_src, tokenizer, cfg, say)
     # Every process (and a run with any number of them) builds the same adapter.
     set_seed(cfg.seed)
     model = load_causal_lm(
@@ -167,15 +197,15 @@ def run_training(
     return out
 
 
-def _tokenized(path: Path, columns: str | None, tokenizer: Any, cfg: TIDPOConfig,
+def _tokenized(rows: Any, path: Path | str, tokenizer: Any, cfg: TIDPOConfig,
                say: Callable[..., None]) -> Any:  # fmt: skip
-    """The preference file at ``path``, tokenized (rows with no response token left after
+    """The validated preference rows read from ``path`` (a file or hub id; `load_preferences`'
+    errors already name it and the row), tokenized (rows with no response token left after
     truncation are dropped, and said) and checked for the run's columns (anchors, weights); a
-    bad row raises `DataError` naming the file."""
-    from tidpo.data import DataError, load_preferences, tokenize_dataset
+    bad row raises `DataError` naming ``path``."""
+    from tidpo.data import DataError, tokenize_dataset
     from tidpo.training.prepare import prepare_dataset
 
-    rows = load_preferences(path, columns=columns)  # its errors name the file and the row
     try:
         ds, dropped = tokenize_dataset(rows, tokenizer, cfg.max_length)
         prepare_dataset(ds, tokenizer, cfg)  # what the trainer will ask of its rows

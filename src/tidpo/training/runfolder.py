@@ -141,7 +141,7 @@ def write_errors(what: str, out: Path, main: bool) -> Iterator[None]:
 
 
 def write_config(path: Path, cfg: TIDPOConfig, opts: RunOptions, model_path: Path,
-                 data_path: Path, rows: int | None = None) -> None:  # fmt: skip
+                 data_path: Path | str, rows: int | None = None) -> None:  # fmt: skip
     """Write the run's resolved configuration: model, data (and ``rows``, the pairs trained on),
     LoRA, the TI-DPO fields and every ``TrainingArguments`` value."""
     resolved = {k: v for k, v in cfg.to_dict().items() if not k.startswith("_")}
@@ -156,6 +156,9 @@ def write_config(path: Path, cfg: TIDPOConfig, opts: RunOptions, model_path: Pat
         doc["train_rows"] = rows
     if opts.lora:
         doc["lora_r"] = opts.lora_r
+    for key in ("model_revision", "dataset_config", "dataset_train_split"):  # hub ids' choices
+        if getattr(opts, key):
+            doc[key] = getattr(opts, key)
     text = yaml.safe_dump(doc, sort_keys=True, default_flow_style=False)
     try:
         write_text_atomic(path, text)

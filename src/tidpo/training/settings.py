@@ -59,7 +59,18 @@ class RunOptions:
     """What `tidpo train` needs beyond `TIDPOConfig`: where the model and data come from."""
 
     model: str | None = None
+    """A local model folder or ``.gguf`` file, a hub id ``ORG/NAME``, or None (the default)."""
+    model_revision: str | None = None
+    """The hub revision (branch, tag or commit) of a hub ``model``; TRL's ``model_revision``."""
     dataset: str | None = None
+    """A local preference file or folder, or a hub dataset id ``ORG/NAME``."""
+    dataset_config: str | None = None
+    """The configuration (subset) of a hub ``dataset``; TRL's ``dataset_config``."""
+    dataset_train_split: str | None = None
+    """The split of a hub ``dataset`` to train on (default ``train``); TRL's key."""
+    dataset_test_split: str | None = None
+    """The split the run report evaluates on (TRL's key): of ``eval_dataset`` when that is a hub
+    id, else of a hub ``dataset`` (default: the bundled test set)."""
     output_dir: str | None = None
     name: str | None = None
     lora: bool = False

@@ -316,7 +316,8 @@ class TIDPOTrainer(Trainer):
         special = torch.isin(ids, self.special_ids.to(ids.device)) if cfg.loss == "tidpo" else None
         given = inputs.get("token_weights") if cfg.weighting == "column" else None
         tensors = StepTensors(policy_lp, ref_lp, response, wspan, scores, seq_kl, special, given,
-                              ids if cfg.tie_shared_prefix else None)  # fmt: skip
+                              ids if cfg.tie_shared_prefix else None,
+                              inputs.get("pair_weight"))  # fmt: skip
         details: dict[str, Tensor] = {}
         loss, metrics = step_loss(cfg, tensors, b, gen, details if return_outputs else None)
         if mode == "train" and not torch.isfinite(loss):

@@ -1,7 +1,9 @@
 """TRL configs run unchanged: `DPOConfig` field names translated to tidpo's, field by field.
 
 A YAML file written for ``trl dpo --config`` (TRL 1.16's `DPOConfig` plus its script arguments
-``model_name_or_path`` and ``dataset_name``) is recognised by its TRL-only keys. Every such key is
+``model_name_or_path`` and ``dataset_name``) is recognised by its TRL-only keys. The script's
+``dataset_config``, ``dataset_train_split``, ``dataset_test_split`` and ``model_revision`` are
+tidpo's own run keys (`tidpo.training.settings.RunOptions`) and pass through. Every such key is
 either **mapped** to the tidpo field of the same meaning (``loss_type`` "sigmoid" -> ``loss``
 dpo, "sft" -> ``sft_weight``, ``precompute_ref_log_probs`` -> ``precompute_ref``, ...),
 **ignored** because tidpo already behaves so or the value is the default, or **refused** (a
@@ -45,8 +47,6 @@ _IGNORED: dict[str, str] = {
     "discopop_tau": "only used by the discopop loss",
     "ref_model_mixup_alpha": "only used with sync_ref_model",
     "ref_model_sync_steps": "only used with sync_ref_model",
-    "dataset_train_split": "tidpo reads the whole local file",
-    "dataset_test_split": "tidpo evaluates with tidpo eval",
     "remove_unused_columns": "tidpo's collator needs its columns; it is always false",
 }
 _MAPPED = {"model_name_or_path": "model", "dataset_name": "dataset",
