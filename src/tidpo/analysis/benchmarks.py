@@ -7,8 +7,9 @@ filters, metrics and standard errors. What it returns (and writes as ``benchmark
 
 * ``benchmarks[name]``: ``metrics`` (one row per metric and filter: value, standard error as lm-eval
   reports it, ``None`` where lm-eval has none), ``n`` (documents scored), ``n_docs`` (in the file),
-  ``n_shot``, the task ``version``, ``elapsed_s`` and ``s_per_item``, and ``lm_eval``: lm-eval's
-  result dictionary for the task, unchanged;
+  ``n_shot``, the task ``version``, ``elapsed_s``, ``s_per_item`` and ``cpu_s`` (CPU seconds of
+  this process, all threads: less sensitive than wall time to other work on the machine), and
+  ``lm_eval``: lm-eval's result dictionary for the task, unchanged;
 * ``items[name]``: per document (``doc_id`` is its 0-based position in the file) the per-item
   scores lm-eval computed (``"metric,filter"``), and for generation tasks the raw answer and what
   each filter extracted: the input of a paired comparison of two models over the same items.
@@ -33,6 +34,7 @@ from typing import Any
 from tidpo.analysis.lm_eval_tasks import (
     BenchmarkError,
     benchmark_files,
+    check_gsm8k_shots,
     ensure_punkt_tab,
     parse_benchmarks,
     write_task_folder,
@@ -184,6 +186,7 @@ def run_benchmarks(
     cfg.check(names)
     data = Path(data_dir)
     benchmark_files(data, names)
+    check_gsm8k_shots(data, names, cfg.num_fewshot)
     if out_dir is not None:
         check_output_path(Path(out_dir), "--out")
     path = resolve_model(model)
@@ -201,7 +204,7 @@ def run_benchmarks(
         lm = HFLM(pretrained=str(path), dtype=_DTYPES[choice.name], batch_size=cfg.batch_size,
                   device=choice.device, trust_remote_code=trust_remote_code)  # fmt: skip
         for name in names:
-            begun = time.perf_counter()
+            begun, cpu = time.perf_counter(), time.process_time()
             kwargs = _lm_eval_kwargs(name, tasks[name]["n_docs"], cfg)
             res = lm_eval.simple_evaluate(model=lm, tasks=[name], task_manager=manager, **kwargs)
             elapsed = time.perf_counter() - begun
@@ -215,6 +218,7 @@ def run_benchmarks(
                 "version": _plain(res["versions"][name]),
                 "elapsed_s": round(elapsed, 2),
                 "s_per_item": round(elapsed / max(n, 1), 3),
+                "cpu_s": round(time.process_time() - cpu, 2),
                 "lm_eval": _plain(res["results"][name]),
             }
             out["items"][name] = per_item_scores(res["samples"][name], generation)

@@ -17,7 +17,8 @@ The files (see the folder's PROVENANCE.md for the ones the project uses):
   it GSM8K runs 0-shot and the result says so;
 * ``truthfulqa_v1_mc_task.json``: TruthfulQA's ``mc_task.json``, turned into the rows of the hub's
   ``truthful_qa``/``multiple_choice`` exactly as that data set's builder does
-  (:func:`truthfulqa_rows`; the answers keep their order: lm-eval's MC1 target is the first).
+  (:func:`truthfulqa_rows`; the answers keep the file's order: lm-eval's MC1 target is the first
+  answer and its MC2 counts the answers before the first false one as the true ones).
 
 NLTK's ``punkt_tab`` (two of IFEval's 25 instruction checkers split sentences and words with it;
 lm-eval tries to download it when it is missing) comes from the PyPI package
@@ -40,8 +41,9 @@ import yaml
 
 from tidpo.errors import TidpoError
 
-__all__ = ["BENCHMARKS", "BenchmarkError", "BenchmarkSpec", "benchmark_files", "ensure_punkt_tab",
-           "parse_benchmarks", "truthfulqa_rows", "write_task_folder"]  # fmt: skip
+__all__ = ["BENCHMARKS", "GSM8K_TRAIN", "BenchmarkError", "BenchmarkSpec", "benchmark_files",
+           "check_gsm8k_shots", "count_rows", "ensure_punkt_tab", "parse_benchmarks",
+           "truthfulqa_rows", "write_task_folder"]  # fmt: skip
 
 GSM8K_TRAIN = "gsm8k_train.jsonl"
 _TQA = "truthfulqa_v1_mc_task.json"
@@ -111,13 +113,20 @@ def benchmark_files(data_dir: Path, names: Sequence[str]) -> dict[str, Path]:
     return files
 
 
+def check_gsm8k_shots(data_dir: Path, names: Sequence[str], shots: int | None) -> None:
+    """GSM8K's few-shot examples come from ``gsm8k_train.jsonl``: asking for some without that
+    file raises `BenchmarkError` naming it."""
+    if "gsm8k" in names and shots and not (data_dir / GSM8K_TRAIN).is_file():
+        raise BenchmarkError(f"--num-fewshot {shots}: gsm8k takes its examples from "
+                             f"{data_dir / GSM8K_TRAIN}, which is not there")  # fmt: skip
+
+
 def truthfulqa_rows(path: Path) -> list[dict[str, Any]]:
     """TruthfulQA's ``mc_task.json`` as the rows of the hub's ``truthful_qa``/``multiple_choice``.
 
     Each ``{question, mc1_targets: {answer: 0|1}, mc2_targets: {...}}`` becomes ``{question,
     mc1_targets: {choices, labels}, mc2_targets: {choices, labels}}`` with the answers in the
-    file's order (the correct MC1 answer first, the MC2 true answers before the false ones), as
-    the data set's builder script writes them.
+    file's order (the correct MC1 answer first), as the data set's builder script writes them.
     """
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -159,6 +168,7 @@ def write_task_folder(
     above 0. Returns, per benchmark, the YAML's keys and the number of documents in its file.
     """
     files = benchmark_files(data_dir, names)
+    check_gsm8k_shots(data_dir, names, gsm8k_shots)
     tasks_dir = _lm_eval_tasks_dir()
     folder.mkdir(parents=True, exist_ok=True)
     out: dict[str, dict[str, Any]] = {}
