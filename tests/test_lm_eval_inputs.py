@@ -75,6 +75,7 @@ def test_bad_input_is_one_line_before_any_model_work(tmp_path: Path) -> None:
         (["--benchmarks", "ifeval", *data, "--ref-model", "x"],
          "--ref-model applies to the evaluation on preference pairs"),
         (["--benchmarks", "ifeval", *data, "--max-new-tokens", "9"], "--max-new-tokens applies"),
+        (["--benchmarks", "ifeval", *data, "--seed", "3"], "--seed applies to the evaluation on"),
         (["--max-gen-toks", "5"], "--max-gen-toks applies with --benchmarks only"),
         (["--chat-template"], "--chat-template applies with --benchmarks only"),
     ]  # fmt: skip

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,6 +23,9 @@ from rich.table import Table
 
 from tidpo.cli.boundary import boundary
 from tidpo.cli.options import Debug, PrecisionOpt, TrustRemoteCode
+
+if TYPE_CHECKING:
+    from tidpo.analysis.benchmarks import BenchmarkSettings
 
 __all__ = ["benchmark_table", "eval_command", "render_tables", "run_benchmark_eval", "run_eval"]
 
@@ -112,7 +115,7 @@ def run_benchmark_eval(
     benchmarks: str,
     data_dir: Path,
     out: Path = Path("eval"),
-    settings: Any = None,
+    settings: BenchmarkSettings | None = None,
     precision: str = "auto",
     trust_remote_code: bool = False,
     console: Console | None = None,
@@ -204,7 +207,7 @@ def _benchmark_mode_checks(given: dict[str, bool], benchmarks: str | None) -> No
     """Refuse options of the other mode (pairs vs --benchmarks): an option must do something."""
     from tidpo.analysis.lm_eval_tasks import BenchmarkError
 
-    pair_only = ("--ref-model", "--dataset", "--sampling", "--max-new-tokens")
+    pair_only = ("--ref-model", "--dataset", "--sampling", "--max-new-tokens", "--seed", "--beta")
     bench_only = ("--benchmark-data", "--max-gen-toks", "--num-fewshot", "--subset-seed",
                   "--chat-template")  # fmt: skip
     wrong = [f for f in (pair_only if benchmarks else bench_only) if given[f]]
@@ -246,9 +249,11 @@ def eval_command(
             "--sampling/--greedy", help="Sample (temperature 0.7, top-p 0.9) or decode greedily."
         ),
     ] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the sampling.")] = 0,
+    seed: Annotated[int | None, typer.Option(help="Seed of the sampling (default 0).")] = None,
     batch_size: Annotated[int, typer.Option(help="Rows per forward / generate call.")] = 8,
-    beta: Annotated[float, typer.Option(help="Scale of the reported reward margin.")] = 0.1,
+    beta: Annotated[
+        float | None, typer.Option(help="Scale of the reported reward margin (default 0.1).")
+    ] = None,
     benchmarks: Annotated[
         str | None,
         typer.Option(
@@ -291,6 +296,7 @@ def eval_command(
     lm-evaluation-harness (--benchmarks; OUT/benchmarks.json)."""
     given = {"--ref-model": ref_model is not None, "--dataset": dataset is not None,
              "--sampling": sampling, "--max-new-tokens": max_new_tokens is not None,
+             "--seed": seed is not None, "--beta": beta is not None,
              "--benchmark-data": benchmark_data is not None,
              "--max-gen-toks": max_gen_toks is not None, "--num-fewshot": num_fewshot is not None,
              "--subset-seed": subset_seed is not None,
@@ -309,6 +315,7 @@ def eval_command(
             return
         run_eval(
             model, ref_model, dataset, out, limit,
-            64 if max_new_tokens is None else max_new_tokens, sampling, seed, batch_size,
-            beta, trust_remote_code, precision=precision,
+            64 if max_new_tokens is None else max_new_tokens, sampling,
+            0 if seed is None else seed, batch_size, 0.1 if beta is None else beta,
+            trust_remote_code, precision=precision,
         )  # fmt: skip
