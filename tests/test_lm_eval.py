@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import lm_eval
+import pytest
 from lm_eval.tasks import TaskManager
 from typer.testing import CliRunner
 
@@ -170,3 +171,20 @@ def test_bf16_and_chat_template_equal_lm_eval(tiny_model_dir: Path, tmp_path: Pa
             i["scores"] for i in plain["items"]["truthfulqa_mc2"]
         ], flags
         assert mine["settings"]["dtype"] == kwargs.get("dtype", "float32")
+
+
+@pytest.mark.slow
+def test_real_model_with_its_chat_template_equals_simple_evaluate(tmp_path: Path) -> None:
+    """SmolLM2-135M-Instruct (its tokenizer, chat template and end-of-turn token) on IFEval and
+    TruthfulQA MC1, two documents each, 32 new tokens."""
+    from tidpo.training.models import resolve_model
+
+    model = resolve_model("default")
+    names = ["ifeval", "truthfulqa_mc1"]
+    mine = ours(model, tmp_path / "out", "--benchmarks", ",".join(names), "--benchmark-data",
+                str(EVAL), "--limit", "2", "--max-gen-toks", "32", "--batch-size", "2",
+                "--precision", "fp32", "--chat-template")  # fmt: skip
+    theirs = direct(model, names, reference_tasks(tmp_path, EVAL), limit=2, batch_size=2,
+                    gen_kwargs={"max_gen_toks": 32}, apply_chat_template=True)  # fmt: skip
+    assert_same(mine, theirs, names)
+    assert all(i["response"].strip() for i in mine["items"]["ifeval"])  # it answers
