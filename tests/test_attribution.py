@@ -5,12 +5,8 @@ from __future__ import annotations
 import torch
 
 from conftest import make_tiny_llama
-from tidpo.functional import (
-    attribution_from_graph,
-    gradient_attribution,
-    last_token_max_logit,
-    position_ids_from_mask,
-)
+from tidpo.functional import attribution_from_graph, last_token_max_logit, position_ids_from_mask
+from tidpo.training.forward import gradient_attribution
 
 
 def _finite_difference(

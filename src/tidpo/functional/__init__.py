@@ -5,11 +5,9 @@ Nothing here imports the rest of tidpo; trainers, data and CLI code are thin lay
 
 from tidpo.functional.attribution import (
     attribution_from_graph,
-    gradient_attribution,
     last_token_index,
     last_token_max_logit,
     position_ids_from_mask,
-    response_logprob,
 )
 from tidpo.functional.baselines import (
     cdpo_loss,
@@ -44,7 +42,6 @@ __all__ = [
     "dpo_loss",
     "fallback_rows",
     "gaussian_prior",
-    "gradient_attribution",
     "hinge_loss",
     "hybrid_weights",
     "ipo_loss",
@@ -55,7 +52,6 @@ __all__ = [
     "per_token_logps",
     "position_ids_from_mask",
     "random_weights",
-    "response_logprob",
     "robust_loss",
     "sequential_kl",
     "sft_loss",
