@@ -11,6 +11,7 @@ from transformers import TrainingArguments
 
 from tidpo.errors import TidpoError
 from tidpo.training.precision import Precision, PrecisionError, choose_precision
+from tidpo.training.sharding import deepspeed_autocast
 from tidpo.training.values import range_problems, type_problem
 
 LOSSES = ("tidpo", "dpo", "cdpo", "ipo", "hinge", "robust", "simpo", "tdpo")
@@ -170,6 +171,7 @@ class TIDPOConfig(TrainingArguments):
             raise ConfigError(problems[0])
         self._resolve_precision(explicit)
         super().__post_init__()
+        deepspeed_autocast(self)  # bf16 under DeepSpeed as one process computes it
 
     def _check_types(self) -> None:
         """Every field with a plain annotation (number, integer, flag, text) holds such a value,
