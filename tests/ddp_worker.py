@@ -66,6 +66,8 @@ def _run(model_dir: str, data: str, out: Path, batch: int, tag: str, spec: str) 
     if lora:
         from peft import LoraConfig, get_peft_model
 
+        torch.manual_seed(0)  # the same adapter in every process and run (loading a model
+        # partitioned under ZeRO-3 draws other random numbers than loading it whole)
         model = get_peft_model(
             model,
             LoraConfig(

@@ -159,11 +159,6 @@ def run_training(
         return load_causal_lm(model_path, dtype=torch.float32, device=cfg.device,
                               trust_remote_code=opts.trust_remote_code)  # fmt: skip
 
-    if trainer.is_deepspeed_enabled:  # from here models load on the main process alone: not
-        # partitioned (a ZeRO-3 config makes from_pretrained a collective)
-        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-        unset_hf_deepspeed_config()
     save_final_model(trainer, tokenizer, out / "model", opts.lora_r if opts.lora else None,
                      load_base)  # fmt: skip
     end_run(trainer)  # the last collective is done: what follows is the main process's alone
@@ -230,8 +225,15 @@ def save_final_model(trainer: TIDPOTrainer, tokenizer: Any, path: Path, lora_ran
 
     Sharded (FSDP2 / ZeRO-3) the gathered weights are keyed as the `StepModel` holds them
     (``lm.*``); with LoRA the main process loads the base model again, puts the trained adapter
-    on it and merges it there (a sharded model cannot merge in place).
+    on it and merges it there (a sharded model cannot merge in place). Under DeepSpeed the ZeRO-3
+    config is unset first, so that models load whole on one process from then on (``load_base``
+    here and in the run report).
     """
+    if trainer.is_deepspeed_enabled:  # from here models load on the main process alone: not
+        # partitioned (a ZeRO-3 config makes from_pretrained a collective)
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
     state_dict = None
     if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:  # ZeRO-3 / FSDP: collective
         wrapped = trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model
