@@ -2,9 +2,10 @@
 
 Trains a `TIDPOTrainer` for each requested configuration (one after another, in the same
 processes, so a launch pays the start-up cost once) and writes, per configuration and rank,
-``<out>/<tag>.rank<R>.json`` holding the logged losses, what this rank saw (dataset indices,
-sampled anchor rows) and a checksum of the final weights; rank 0 also writes the final weights
-to ``<out>/<tag>.safetensors``.
+``<out>/<tag>.rank<R>.json`` holding the logged losses and margins, what this rank saw (dataset
+indices, sampled anchor rows) and a checksum of the final weights; rank 0 also writes the final
+weights to ``<out>/<tag>.safetensors`` and, as `tidpo train` saves ``model/`` (with the same
+function), ``<out>/<tag>.model/``. The processes end as `tidpo train` ends them.
 
 Usage: ddp_worker.py MODEL_DIR DATA.jsonl OUT_DIR BATCH TAG:FIELD=VALUE,FIELD=VALUE [TAG:... ...]
 (for instance ``tidpo:loss=tidpo,anchor_source=column``; values are read as JSON when they parse;
@@ -30,6 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import tidpo.training.trainer as trainer_module
 from tidpo.data import load_preferences
 from tidpo.training.config import TIDPOConfig
+from tidpo.training.run import end_run, save_final_model
 from tidpo.training.trainer import TIDPOTrainer
 
 
@@ -40,7 +42,7 @@ def _value(raw: str) -> Any:
         return raw
 
 
-def _run(model_dir: str, data: str, out: Path, batch: int, tag: str, spec: str) -> None:
+def _run(model_dir: str, data: str, out: Path, batch: int, tag: str, spec: str) -> TIDPOTrainer:
     overrides = {k: _value(v) for k, _, v in (kv.partition("=") for kv in spec.split(","))}
     values: dict[str, Any] = dict(
         output_dir=str(out / tag),
@@ -67,6 +69,8 @@ def _run(model_dir: str, data: str, out: Path, batch: int, tag: str, spec: str) 
     if lora:
         from peft import LoraConfig, get_peft_model
 
+        torch.manual_seed(0)  # the same adapter in every process and run (loading a model
+        # partitioned under ZeRO-3 draws other random numbers than loading it whole)
         model = get_peft_model(
             model,
             LoraConfig(
@@ -130,11 +134,18 @@ def _run(model_dir: str, data: str, out: Path, batch: int, tag: str, spec: str) 
         for t in st.values()
         if isinstance(t, torch.Tensor)
     ]
+
+    def load_base() -> Any:
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+
+    save_final_model(trainer, tok, out / f"{tag}.model", lora or None, load_base)
+    logged = [h for h in trainer.state.log_history if "loss" in h]
     record = {
         "rank": acc.process_index,
         "world_size": acc.num_processes,
         "distributed_type": str(acc.distributed_type),
-        "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+        "losses": [h["loss"] for h in logged],
+        "margins": [h.get("rewards/margins") for h in logged],
         "rows": seen,
         "anchor_rows_sampled": (
             trainer.anchor_sampler.generated_rows if trainer.anchor_sampler is not None else 0
@@ -154,6 +165,7 @@ def _run(model_dir: str, data: str, out: Path, batch: int, tag: str, spec: str) 
     if acc.is_main_process:
         save_file(weights, str(out / f"{tag}.safetensors"))
     acc.wait_for_everyone()
+    return trainer
 
 
 def main() -> None:
@@ -163,7 +175,8 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for item in specs:
         tag, _, spec = item.partition(":")
-        _run(model_dir, data, out, int(batch), tag, spec)
+        trainer = _run(model_dir, data, out, int(batch), tag, spec)
+    end_run(trainer)
 
 
 if __name__ == "__main__":

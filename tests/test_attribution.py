@@ -5,12 +5,8 @@ from __future__ import annotations
 import torch
 
 from conftest import make_tiny_llama
-from tidpo.functional import (
-    attribution_from_graph,
-    gradient_attribution,
-    last_token_max_logit,
-    position_ids_from_mask,
-)
+from tidpo.functional import attribution_from_graph, last_token_max_logit, position_ids_from_mask
+from tidpo.training.forward import gradient_attribution
 
 
 def _finite_difference(
@@ -97,3 +93,20 @@ def test_attribution_from_graph_reuses_a_forward() -> None:
     assert all(p.grad is None for p in model.parameters())
     out.logits.sum().backward()  # the graph was retained for the loss
     assert model.get_input_embeddings().weight.grad is not None
+
+
+def test_response_logprob_target_is_the_plain_autograd_gradient() -> None:
+    """``target="response_logprob"``: the gradient of the summed response log-probability (the
+    token at t scored by the logits at t-1), written out with plain torch on the full logits."""
+    model = make_tiny_llama(vocab_size=64, seed=8)
+    ids = torch.tensor([[3, 9, 27, 11, 4, 0], [5, 6, 7, 8, 9, 10]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1] * 6])
+    response = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 0, 0, 1, 1, 1]])
+    emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    out = model(inputs_embeds=emb, attention_mask=mask, position_ids=position_ids_from_mask(mask))
+    logp = out.logits[:, :-1].float().log_softmax(-1).gather(2, ids[:, 1:, None]).squeeze(2)
+    (grad,) = torch.autograd.grad((logp * response[:, 1:]).sum(), emb)
+    expected = grad.abs().sum(-1) * mask
+    ours = gradient_attribution(model, ids, mask, "response_logprob", response)
+    assert torch.allclose(ours, expected, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(ours, gradient_attribution(model, ids, mask), rtol=1e-2)

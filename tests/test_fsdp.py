@@ -2,9 +2,10 @@
 
 The worker (tests/ddp_worker.py) runs under ``accelerate launch --config_file
 configs/accelerate/fsdp2.yaml --num_processes 2``; accelerate 1.15 would fall back to DDP on a
-CPU, `tidpo.training.sharding.fsdp_on_cpu` makes it FSDP2 (``fully_shard``, one group per decoder
-layer). The trainer then wraps a `StepModel`, so the embeddings, the fused head, the reference
-with the adapter off and ``generate`` all run inside the sharded module's forward. The same worker
+CPU (tidpo refuses that), the test-only shim of tests/cpu_fsdp/ makes it FSDP2 (``fully_shard``,
+one group per decoder layer). The trainer then wraps a `StepModel`, so the embeddings, the fused
+head, the reference with the adapter off and ``generate`` all run inside the sharded module's
+forward. The same worker
 runs here in-process as the one-process baseline (no sharding).
 
 Policy anchors are sampled with ``anchor_top_k=1`` (the most likely token, so one process with
@@ -14,7 +15,6 @@ two rows and two processes with one row each draw the same anchors).
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+import cpu_fsdp
 from test_ddp import PAIRS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ def runs(tiny_model_dir: Path, data: Path, tmp_path_factory: pytest.TempPathFact
     proc = subprocess.Popen(
         [*LAUNCH, str(WORKER), str(tiny_model_dir), str(data), str(out / "two"), "1", *specs],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "TIDPO_CACHE": str(out / "cache-two")},
+        env=cpu_fsdp.env(OMP_NUM_THREADS="1", TIDPO_CACHE=str(out / "cache-two")),
     )  # fmt: skip
     try:
         (out / "one").mkdir()
@@ -177,7 +178,7 @@ def test_fsdp2_kill_then_resume_gives_the_uninterrupted_weights(
              "--no-report", "--set", "save_steps=1", "--set", "bf16=false", "--set",
              "max_length=64", "--set", "anchor_max_new_tokens=4", "--set", "report_to=none",
              "--set", "per_device_train_batch_size=1"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = cpu_fsdp.env(OMP_NUM_THREADS="1")
     killed, full = tmp_path / "killed", tmp_path / "full"
     done = subprocess.run([*train, "--output-dir", str(full)], capture_output=True, text=True,
                           env=env, timeout=400, check=False)  # fmt: skip
@@ -270,7 +271,7 @@ def test_fsdp2_lora_saves_the_merged_model_of_one_process(
              "--set", "bf16=false", "--set", "report_to=none", "--set", "anchor_max_new_tokens=4",
              "--set", "anchor_top_k=1", "--set", "learning_rate=1e-3", "--set",
              "save_strategy=no"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = cpu_fsdp.env(OMP_NUM_THREADS="1")
     runs = {"one": ["--set", "per_device_train_batch_size=2"],
             "two": ["--num-processes", "2", "--sharding", "fsdp2", "--set",
                     "per_device_train_batch_size=1"]}  # fmt: skip

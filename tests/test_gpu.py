@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from test_trainer import _config, _data, _trainer
 from tidpo import functional as F
 from tidpo.cli import app
+from tidpo.training.forward import gradient_attribution
 
 pytestmark = [
     pytest.mark.gpu,
@@ -77,8 +78,8 @@ def test_attribution_on_the_gpu_matches_the_cpu(tiny_model_dir: Path) -> None:
     ids = torch.randint(3, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
     am = torch.ones_like(ids)
     am[1, 9:] = 0
-    cpu = F.gradient_attribution(model, ids, am)
-    gpu = F.gradient_attribution(model.cuda(), ids.cuda(), am.cuda())
+    cpu = gradient_attribution(model, ids, am)
+    gpu = gradient_attribution(model.cuda(), ids.cuda(), am.cuda())
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-5)
 
 

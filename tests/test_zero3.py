@@ -27,6 +27,9 @@ LAUNCH = [sys.executable, "-m", "accelerate.commands.launch",
           "--config_file", str(ROOT / "configs" / "accelerate" / "deepspeed_zero3.yaml"),
           "--num_processes", "2", "--main_process_port", "0"]  # fmt: skip
 TAGS = ["tidpo", "dpo", "lora"]
+# LoRA + precompute_ref: the reference (the adapter off) scored into the cache before the engine
+# exists, from a model transformers loaded partitioned
+LORA_CACHE = "loss=tidpo,anchor_source=column,precompute_ref=true,lora=4"
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +41,7 @@ def _launch(model: Path, data: Path, out: Path, *specs: str) -> subprocess.Popen
     return subprocess.Popen(
         [*LAUNCH, str(WORKER), str(model), str(data), str(out), "1", *specs],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "TIDPO_CACHE": str(out / "cache")},
     )  # fmt: skip
 
 
@@ -61,13 +64,16 @@ def runs(tiny_model_dir: Path, data: Path, tmp_path_factory: pytest.TempPathFact
     import ddp_worker
 
     out = tmp_path_factory.mktemp("zero3")
-    specs = {**{t: CONFIGS[t] for t in TAGS}, "eval": _eval_spec(tiny_model_dir, out)}
+    specs = {**{t: CONFIGS[t] for t in TAGS}, "eval": _eval_spec(tiny_model_dir, out),
+             "lora_cache": LORA_CACHE}  # fmt: skip
     proc = _launch(tiny_model_dir, data, out / "two", *(f"{t}:{s}" for t, s in specs.items()))
     try:
         (out / "one").mkdir()
-        for tag, spec in specs.items():
-            batch = 1 if tag == "eval" else 2
-            ddp_worker._run(str(tiny_model_dir), str(data), out / "one", batch, tag, spec)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("TIDPO_CACHE", str(out / "one" / "cache"))
+            for tag, spec in specs.items():
+                batch = 1 if tag == "eval" else 2
+                ddp_worker._run(str(tiny_model_dir), str(data), out / "one", batch, tag, spec)
         log, _ = proc.communicate(timeout=400)
     finally:
         if proc.poll() is None:
@@ -92,6 +98,24 @@ def test_zero3_two_processes_train_like_one_with_twice_the_batch(runs: Path, tag
     assert len(one["losses"]) == 3 and diff < 1e-5 and wdiff < 1e-5
     if tag != "dpo":
         assert [r["anchor_rows_sampled"] for r in ranks] == [3, 3]
+
+
+def test_zero3_lora_reference_cache_is_one_process_cache(runs: Path) -> None:
+    """ZeRO-3 + LoRA + precompute_ref: the reference is the policy with its adapter off, still
+    partitioned when the cache is built. It is fingerprinted and scored with its full weights
+    (gathered for that), so the cache has one process's key and numbers; fingerprinting the
+    partitioned model read empty tensors (every model got the same key) and scoring it outside
+    the engine failed."""
+    (two,) = (runs / "two" / "cache" / "ref-logps").glob("*.safetensors")
+    (one,) = (runs / "one" / "cache" / "ref-logps").glob("*.safetensors")
+    assert two.name == one.name  # the same model, data and settings key
+    a, b = load_file(str(one)), load_file(str(two))
+    assert _max_diff(a, b) < 1e-5 and float(b["values"].abs().sum()) > 0
+    one_run = _record(runs / "one", "lora_cache", 0)
+    ranks = [_record(runs / "two", "lora_cache", r) for r in (0, 1)]
+    diff = max(abs(x - y) for x, y in zip(one_run["losses"], ranks[0]["losses"], strict=True))
+    print(f"zero3 lora + cache: max |loss(2 x 1) - loss(1 x 2)| = {diff:.2e}")
+    assert diff < 1e-5
 
 
 def test_zero3_a_nonfinite_loss_stops_the_run(

@@ -232,7 +232,8 @@ def explain_pair(
         ``top_k``.
     """
     from tidpo.data import DataError, token_weights_of, tokenize_row
-    from tidpo.functional import gaussian_prior, gradient_attribution
+    from tidpo.functional import gaussian_prior
+    from tidpo.training.forward import gradient_attribution
     from tidpo.training.objective import token_weights
 
     texts = {"chosen": chosen, "anchor": anchor, "rejected": rejected}

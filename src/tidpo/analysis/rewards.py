@@ -179,7 +179,7 @@ def reward_diffs(
 def _eval_weights(model: nn.Module, tokenizer: PreTrainedTokenizerBase, weights: WeightSettings,
                   ids: Tensor, am: Tensor, rm: Tensor) -> Tensor:  # fmt: skip
     """Label-aligned ``[N, L-1]`` token weights of the policy, made as training makes them."""
-    from tidpo.functional import gradient_attribution
+    from tidpo.training.forward import gradient_attribution
     from tidpo.training.objective import label_weights, token_weights, weight_span_mask
 
     span = weight_span_mask(am, rm, "response")

@@ -24,8 +24,8 @@ from transformers import PreTrainedTokenizerBase
 from tidpo.analysis.evaluation import EvalSettings, evaluate, load_rows
 from tidpo.data import PreferenceCollator, pad_token_id, tokenize_dataset
 from tidpo.fileio import write_json_atomic
-from tidpo.functional import gradient_attribution
 from tidpo.training.config import AnchorSampling, TIDPOConfig
+from tidpo.training.forward import gradient_attribution
 from tidpo.training.objective import WeightSettings, token_weights
 
 __all__ = ["ReportJob", "explain_fixed_pairs", "pick_pairs", "weight_samples"]

@@ -49,7 +49,7 @@ def pair_token_weights(
 
     Returns one list per response, one float per response token.
     """
-    from tidpo.functional import gradient_attribution
+    from tidpo.training.forward import gradient_attribution
 
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer, model)

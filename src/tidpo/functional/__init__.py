@@ -6,11 +6,9 @@ Nothing here imports the rest of tidpo; trainers, data and CLI code are thin lay
 
 from tidpo.functional.attribution import (
     attribution_from_graph,
-    gradient_attribution,
     last_token_index,
     last_token_max_logit,
     position_ids_from_mask,
-    response_logprob,
 )
 from tidpo.functional.baselines import (
     cdpo_loss,
@@ -61,7 +59,6 @@ __all__ = [
     "dpo_loss",
     "fallback_rows",
     "gaussian_prior",
-    "gradient_attribution",
     "hinge_loss",
     "hybrid_weights",
     "ipo_loss",
@@ -75,7 +72,6 @@ __all__ = [
     "random_weights",
     "rank_spread_weights",
     "rank_weights",
-    "response_logprob",
     "robust_loss",
     "sepo_weights",
     "sequential_kl",

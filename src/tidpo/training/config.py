@@ -13,6 +13,7 @@ from transformers import TrainingArguments
 from tidpo.errors import TidpoError
 from tidpo.training.estimator_options import token_option_problems
 from tidpo.training.precision import Precision, PrecisionError, choose_precision
+from tidpo.training.sharding import deepspeed_autocast
 from tidpo.training.values import range_problems, type_problem
 
 LOSSES = ("tidpo", "dpo", "cdpo", "ipo", "hinge", "robust", "simpo", "tdpo")
@@ -182,6 +183,7 @@ class TIDPOConfig(TrainingArguments):
             raise ConfigError(problems[0])
         self._resolve_precision(explicit)
         super().__post_init__()
+        deepspeed_autocast(self)  # bf16 under DeepSpeed as one process computes it
 
     @classmethod
     def with_defaults(cls, defaults: Mapping[str, Any], **values: Any) -> TIDPOConfig:

@@ -8,6 +8,11 @@ chunked head (`tidpo.functional.lm_head_logps`), so the ``[N, L, V]`` logits are
 otherwise (``full_logits``, as TDPO's sequential KL needs, or a head that is not a plain linear
 map) the model's own logits are used. `reference_logps` is the same path without gradient for a
 reference model (or the PEFT model with its adapter off).
+
+The attribution of Eq. 5-6 has one implementation, `attribution_scores`: the target of a forward
+(`attribution_target`) and its gradient to that forward's embeddings
+(`tidpo.functional.attribution_from_graph`). The training step applies it to its own forward;
+`gradient_attribution` runs a forward for it alone (explain, and the step under ZeRO-3).
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from torch import Tensor, nn
 
 from tidpo import functional as F
 
-__all__ = ["Forward", "attribution_graph", "attribution_target", "disable_dropout",
-           "fused_head_agrees", "head_agrees", "output_head", "reference_logps", "run_forward",
+__all__ = ["Forward", "attribution_graph", "attribution_scores", "attribution_target",
+           "disable_dropout", "fused_head_agrees", "gradient_attribution", "head_agrees",
+           "output_head", "reference_logps", "run_forward",
            "token_logps"]  # fmt: skip
 
 # Config fields that make logits more than ``lm_head(hidden)`` (softcapping, scaling).
@@ -131,7 +137,7 @@ def token_logps(fwd: Forward, ids: Tensor, mask: Tensor) -> Tensor:
     return F.lm_head_logps(fwd.hidden[:, :-1], fwd.head.weight, ids[:, 1:], mask, fwd.head.bias)
 
 
-def attribution_target(fwd: Forward, logps: Tensor, am: Tensor, kind: str) -> Tensor:
+def attribution_target(fwd: Forward, logps: Tensor | None, am: Tensor, kind: str) -> Tensor:
     """The per-row target whose gradient to the embeddings is the attribution (Eq. 5-6).
 
     ``max_logit`` (the paper): the largest logit at each row's last real position (on the fused
@@ -140,10 +146,58 @@ def attribution_target(fwd: Forward, logps: Tensor, am: Tensor, kind: str) -> Te
     out the last position.
     """
     if kind == "response_logprob":
+        assert logps is not None, "the response_logprob target needs the forward's log-probs"
         return logps.sum(-1)
     if fwd.keep is not None:  # the fused path projected each row's last position only
         return fwd.logits.max(-1).values
     return F.last_token_max_logit(fwd.logits, am)
+
+
+def attribution_scores(
+    fwd: Forward, logps: Tensor | None, am: Tensor, kind: str, retain_graph: bool = True
+) -> Tensor:
+    """Raw importance ``[N, L]`` (Eq. 5-6) of a forward run with ``attribute=True``: the gradient
+    of its `attribution_target` (``logps``: `token_logps` of this forward, for
+    ``response_logprob``) to its embeddings; ``retain_graph`` keeps the graph for a loss."""
+    target = attribution_target(fwd, logps, am, kind)
+    return F.attribution_from_graph(target, fwd.embeds, am, retain_graph)
+
+
+def gradient_attribution(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    target: str = "max_logit",
+    response_mask: Tensor | None = None,
+) -> Tensor:
+    """Raw token importance ``I_i = || d L_target / d e_i ||_1`` (Eq. 5-6), from its own forward.
+
+    `run_forward` (the fused path when `output_head` allows it) then `attribution_scores`: the
+    training step's computation, without the loss. ``L_target`` is the largest logit at each
+    row's last real position (``target="max_logit"``, the paper) or the row's summed response
+    log-probability (``"response_logprob"``; needs ``response_mask``, ``[B, T]`` 1 on response
+    tokens). The model runs in eval mode (dropout off) and is put back in its previous mode;
+    position ids count real tokens only, so left and right padding give the same scores.
+
+    Returns:
+        ``[B, T]`` float32 scores, 0 at padding. Parameters' ``.grad`` are left untouched.
+    """
+    if target not in ("max_logit", "response_logprob"):
+        raise ValueError(f"target must be 'max_logit' or 'response_logprob', got {target!r}")
+    if target == "response_logprob" and response_mask is None:
+        raise ValueError("target 'response_logprob' needs response_mask")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            fwd = run_forward(model, input_ids, attention_mask, attribute=True,
+                              head=output_head(model))  # fmt: skip
+            logps = None
+            if target == "response_logprob" and response_mask is not None:
+                logps = token_logps(fwd, input_ids, response_mask[:, 1:])
+            return attribution_scores(fwd, logps, attention_mask, target, retain_graph=False)
+    finally:
+        model.train(was_training)
 
 
 def reference_logps(

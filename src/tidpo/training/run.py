@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
     from tidpo.training.trainer import TIDPOTrainer
 
-__all__ = ["RunHooks", "check_run", "data_source", "describe_optimisation", "load_training_rows",
-           "run_training"]  # fmt: skip
+__all__ = ["RunHooks", "check_run", "data_source", "describe_optimisation", "end_run",
+           "load_training_rows", "run_training", "save_final_model"]  # fmt: skip
 
 
 @dataclass
@@ -179,21 +179,15 @@ def run_training(
         return load_causal_lm(model_path, dtype=torch.float32, device=cfg.device,
                               trust_remote_code=opts.trust_remote_code)  # fmt: skip
 
-    if trainer.is_deepspeed_enabled:  # from here models load on the main process alone: not
-        # partitioned (a ZeRO-3 config makes from_pretrained a collective)
-        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-        unset_hf_deepspeed_config()
-    _save_final(trainer, opts, tokenizer, out / "model", main, load_base)
+    save_final_model(trainer, tokenizer, out / "model", opts.lora_r if opts.lora else None,
+                     load_base)  # fmt: skip
+    end_run(trainer)  # the last collective is done: what follows is the main process's alone
     if main and hooks is not None and hooks.after is not None:
         final: Any = trainer.accelerator.unwrap_model(trainer.model)
         if trainer.sharded:  # the sharded model runs only with every process: read model/ back
             final = load_causal_lm(out / "model", dtype=torch.float32, device=cfg.device)
         hooks.after(final, load_base, tokenizer)
     say(f"[green]done[/]: {escape(str(out))}")
-    if cfg.world_size > 1:  # leave the process group before exiting: a process that exits
-        # while it is still set up can abort in gloo's teardown (seen under FSDP2 on a CPU)
-        trainer.accelerator.end_training()
     return out
 
 
@@ -216,6 +210,20 @@ def _tokenized(rows: Any, path: Path | str, tokenizer: Any, cfg: TIDPOConfig,
             f"response token left after truncation to max_length={cfg.max_length}",
             soft_wrap=True)  # fmt: skip
     return ds
+
+
+def end_run(trainer: TIDPOTrainer) -> None:
+    """Leave the process group, every process together, once the run's last collective is done.
+
+    A process that exits while its process group is still set up, or tears it down while
+    another process still works in it, can abort in gloo's teardown (``terminate called without
+    an active exception``; reported under FSDP2 on a CPU, where rank 1 tore down after ``done:``
+    while rank 0 still wrote the report). So all processes meet here, right after ``model/`` is
+    saved, leave the group together (accelerate's ``end_training``), and only then does the
+    main process write the report while the others exit."""
+    if trainer.accelerator.num_processes > 1:
+        trainer.accelerator.wait_for_everyone()
+        trainer.accelerator.end_training()
 
 
 def _name(value: Any) -> str:
@@ -251,29 +259,38 @@ def _with_lora(model: Any, rank: int) -> Any:
     return get_peft_model(model, lora)
 
 
-def _save_final(trainer: TIDPOTrainer, opts: RunOptions, tokenizer: Any, path: Path, main: bool,
-                load_base: Callable[[], Any]) -> None:  # fmt: skip
-    """Save the final model (LoRA merged) from the main process; gather sharded weights first.
+def save_final_model(trainer: TIDPOTrainer, tokenizer: Any, path: Path, lora_rank: int | None,
+                     load_base: Callable[[], Any]) -> None:  # fmt: skip
+    """Save the final model (LoRA of ``lora_rank`` merged) as ``model/``, from the main process;
+    gather sharded weights first (a collective: every process calls this).
 
     Sharded (FSDP2 / ZeRO-3) the gathered weights are keyed as the `StepModel` holds them
     (``lm.*``); with LoRA the main process loads the base model again, puts the trained adapter
-    on it and merges it there (a sharded model cannot merge in place).
+    on it and merges it there (a sharded model cannot merge in place). Under DeepSpeed the ZeRO-3
+    config is unset first, so that models load whole on one process from then on (``load_base``
+    here and in the run report).
     """
+    if trainer.is_deepspeed_enabled:  # from here models load on the main process alone: not
+        # partitioned (a ZeRO-3 config makes from_pretrained a collective)
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
     state_dict = None
     if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:  # ZeRO-3 / FSDP: collective
         wrapped = trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model
         state_dict = trainer.accelerator.get_state_dict(wrapped)
-    if main:
+    if trainer.accelerator.is_main_process:
         model: Any = trainer.accelerator.unwrap_model(trainer.model)
         if trainer.sharded:
-            from tidpo.training.sharding import unwrap_step_model
+            from tidpo.training.sharding import alias_tied, unwrap_step_model
 
             model = unwrap_step_model(model)
             state_dict = {k.removeprefix("lm."): v for k, v in (state_dict or {}).items()}
-            if opts.lora:
-                model = _with_lora(load_base(), opts.lora_r)
+            state_dict = alias_tied(state_dict, model)  # tied weights: written once
+            if lora_rank is not None:
+                model = _with_lora(load_base(), lora_rank)
                 model.load_state_dict(state_dict)
                 state_dict = None
-        final = model.merge_and_unload() if opts.lora else model
+        final = model.merge_and_unload() if lora_rank is not None else model
         save_model(final, tokenizer, path, state_dict)
     trainer.accelerator.wait_for_everyone()

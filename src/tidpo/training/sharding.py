@@ -1,4 +1,4 @@
-"""Sharded training (FSDP2, DeepSpeed ZeRO-3): the module they wrap, and FSDP2 on a CPU.
+"""Sharded training (FSDP2, DeepSpeed ZeRO-3): the module they wrap, and their precision.
 
 FSDP2 and ZeRO-3 keep on each process a slice of every weight and gather a module's weights only
 while that module's forward (or backward) runs. A TI-DPO step touches weights outside the causal
@@ -6,8 +6,9 @@ LM's own forward: it embeds the tokens itself (attribution takes the gradient to
 embeddings), projects the final hidden states through the output head in chunks (the fused
 log-probs), samples anchors with ``generate`` and, with LoRA, runs the reference as the model with
 its adapter off. `StepModel` is the module the Trainer hands to accelerate when the weights are
-sharded: its forward takes a batch and a task and does all of that inside, so no weight is read
-outside a forward:
+sharded: one method per part of a step (`StepModel.policy`, `StepModel.reference`,
+`StepModel.sample`), each run as the wrapped module's forward (``wrapper(StepModel.policy,
+...)``), so no weight is read outside a forward:
 
 * FSDP2 (accelerate's ``fsdp2_prepare_model``): every decoder layer is its own shard group and
   the wrapper is the root. The wrapper has no ``get_input_embeddings``, so accelerate does not
@@ -18,25 +19,30 @@ outside a forward:
   untied input embedding stays gathered too (Llama-3.1-8B: 0.5B parameters).
 * ZeRO-3: the head's weight is registered as an external parameter of the wrapper
   (``deepspeed.zero.register_external_parameter``), the one explicit gather, so DeepSpeed
-  fetches it for the wrapper's forward and backward, not only inside ``lm_head``.
+  fetches it for the wrapper's forward and backward, not only inside ``lm_head``. The
+  attribution gets a forward of its own (`StepModel.policy`): ZeRO-3 supports one backward per
+  forward.
 
-`fsdp_on_cpu` makes accelerate run FSDP2 on a CPU-only machine (gloo), where accelerate 1.15
-would silently fall back to DDP; on GPUs nothing is changed.
+Precision: in bf16 every engine computes what one process computes, bf16 autocast on fp32
+weights (matrix products in bf16; norms, embeddings and the residual stream in fp32), and so
+does the frozen reference: `fsdp_autocast` turns off FSDP2's own casting, `deepspeed_autocast`
+puts DeepSpeed in its ``torch_autocast`` mode instead of its bf16-weights mode. Both engines then
+gather fp32 weights (twice the bytes of bf16 gathers).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from tidpo import functional as F
 from tidpo.errors import TidpoError
 from tidpo.training.forward import (
-    attribution_target,
+    gradient_attribution,
     head_agrees,
     output_head,
     reference_logps,
@@ -44,17 +50,19 @@ from tidpo.training.forward import (
     token_logps,
 )
 
-__all__ = ["SHARDINGS", "StepModel", "fsdp_on_cpu", "gathered", "is_partitioned",
-           "register_zero3_head", "sync_from_main", "unwrap_step_model"]  # fmt: skip
+__all__ = ["SHARDINGS", "StepModel", "alias_tied", "deepspeed_autocast", "fsdp_autocast",
+           "gathered", "is_partitioned", "register_zero3_head", "sync_from_main",
+           "unwrap_step_model"]  # fmt: skip
 
 SHARDINGS = ("ddp", "fsdp2", "zero3")
 """``--sharding``: plain data parallelism, PyTorch FSDP2, DeepSpeed ZeRO stage 3."""
 
 
 class StepModel(nn.Module):
-    """The module FSDP2 / ZeRO-3 wrap: the causal LM (or its PEFT model) as ``self.lm``, and a
-    forward per task (``policy``, ``reference``, ``generate``) that does every weight access of a
-    TI-DPO step inside the wrapped forward. See the module docstring."""
+    """The module FSDP2 / ZeRO-3 wrap: the causal LM (or its PEFT model) as ``self.lm``, and one
+    method per thing a step does with it (`policy`, `reference`, `sample`), each run inside the
+    wrapped forward: call the wrapper (the FSDP2 module or the DeepSpeed engine) with the method,
+    ``wrapper(StepModel.policy, ids, am, mask, ...)``. See the module docstring."""
 
     def __init__(self, lm: nn.Module) -> None:
         super().__init__()
@@ -66,61 +74,77 @@ class StepModel(nn.Module):
         self.config = getattr(inner, "config", None)
         self.is_peft = hasattr(lm, "disable_adapter") and hasattr(lm, "peft_config")
 
-    def forward(
+    def forward(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``method(self, *args, **kwargs)``, as this module's forward: the wrapper's hooks
+        (FSDP2's gathers, ZeRO-3's fetches) bracket it, so every weight it reads is whole."""
+        return method(self, *args, **kwargs)
+
+    def policy(
         self,
         input_ids: Tensor,
         attention_mask: Tensor,
-        mask: Tensor | None = None,
+        mask: Tensor,
         *,
-        task: str = "policy",
         attribute: bool = False,
         attribution: str | None = None,
         full_logits: bool = False,
         fused: bool = True,
         check_head: bool = False,
-        generate_kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        """``policy``: ``embeds``, ``logits`` (each row's last real position on the fused path,
-        marked by ``keep``, else all positions) and ``logps`` (per-token log-probs ``[N, L-1]``
-        where ``mask`` is 1), plus ``agrees`` (`head_agrees`) with ``check_head``. ``attribute``
-        makes ``embeds`` differentiable; ``attribution`` (the target: ``max_logit`` or
-        ``response_logprob``) also returns ``scores``, the attribution of Eq. 5-6 taken here
-        from the forward's graph. ZeRO-3 needs that: it hands the module's outputs back through
-        identity functions, so a gradient to the returned ``embeds`` would find them unused.
-        FSDP2 needs the opposite (its decoder layers are resharded after their forward and
-        gathered again for a backward only once the root forward has returned), so there the
-        trainer takes the gradient to the returned ``embeds``.
-        ``reference``: ``logps`` (and ``logits`` with ``full_logits``) of the model with its
-        adapter off, without gradient. ``generate``: ``self.lm.generate(...)``, with every
-        process running the same number of forwards (``synced_gpus``)."""
-        if task == "generate":
-            kw = dict(generate_kwargs or {})
-            kw.setdefault("synced_gpus", _world_size() > 1)
-            return self.lm.generate(input_ids=input_ids, attention_mask=attention_mask, **kw)  # type: ignore[operator]
-        assert mask is not None
+    ) -> dict[str, Tensor]:
+        """The policy forward: ``embeds``, ``logits`` (each row's last real position on the
+        fused path, marked by ``keep``, else all positions) and ``logps`` (per-token log-probs
+        ``[N, L-1]`` where ``mask`` is 1), plus ``agrees`` (`head_agrees`) with ``check_head``.
+        ``attribute`` makes ``embeds`` differentiable.
+
+        ``attribution`` (the target: ``max_logit`` or ``response_logprob``) also returns
+        ``scores``, the attribution of Eq. 5-6 from a forward of its own
+        (`gradient_attribution`) run before the policy forward. ZeRO-3 needs that: it fetches a
+        module's weights for a backward once per forward, so a second backward through one
+        forward's graph (the attribution's, then the loss's) finds weights it has released.
+        FSDP2 needs the opposite (it gathers the decoder layers again for a backward only once
+        the root forward has returned), so there the trainer takes the gradient to the returned
+        ``embeds`` from the policy forward's own graph, as one process does."""
+        scores = None
+        if attribution is not None:
+            response = nn.functional.pad(mask, (1, 0))  # unshifted: position 0 is never a label
+            scores = gradient_attribution(self.lm, input_ids, attention_mask, attribution, response)
         head = output_head(self.lm) if fused else None
-        if task == "reference":
-            logps, logits = reference_logps(self.lm, input_ids, attention_mask, mask,
-                                            self.is_peft, full_logits, fused)  # fmt: skip
-            return {"logps": logps} if logits is None else {"logps": logps, "logits": logits}
-        if task != "policy":
-            raise ValueError(f"unknown task {task!r}")
         fwd = run_forward(self.lm, input_ids, attention_mask, attribute=attribute,
                           full_logits=full_logits, head=head)  # fmt: skip
         logps = token_logps(fwd, input_ids, mask)
         out = {"embeds": fwd.embeds, "logits": fwd.logits, "logps": logps}
-        if attribution is not None:
-            target = attribution_target(fwd, logps, attention_mask, attribution)
-            out["scores"] = F.attribution_from_graph(target, fwd.embeds, attention_mask)
+        if scores is not None:
+            out["scores"] = scores
         if fwd.keep is not None:
             out["keep"] = fwd.keep
         if check_head:
             out["agrees"] = torch.tensor(head_agrees(fwd), device=input_ids.device)
         return out
 
+    def reference(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        mask: Tensor,
+        *,
+        full_logits: bool = False,
+        fused: bool = True,
+    ) -> dict[str, Tensor]:
+        """The reference as the PEFT model with its adapter off, without gradient: ``logps``
+        (and ``logits`` with ``full_logits``), as `reference_logps`."""
+        logps, logits = reference_logps(self.lm, input_ids, attention_mask, mask, self.is_peft,
+                                        full_logits, fused)  # fmt: skip
+        return {"logps": logps} if logits is None else {"logps": logps, "logits": logits}
+
+    def sample(self, input_ids: Tensor, attention_mask: Tensor, **kwargs: Any) -> Any:
+        """``self.lm.generate(...)``, with every process running the same number of forwards
+        (``synced_gpus``)."""
+        kwargs.setdefault("synced_gpus", _world_size() > 1)
+        return self.lm.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)  # type: ignore[operator]
+
     def generate(self, input_ids: Tensor, attention_mask: Tensor, **kwargs: Any) -> Any:
-        """``generate`` through the wrapped forward (`tidpo.training.generation` calls this)."""
-        return self(input_ids, attention_mask, task="generate", generate_kwargs=kwargs)
+        """`sample` through the wrapped forward (`tidpo.training.generation` calls this)."""
+        return self(StepModel.sample, input_ids, attention_mask, **kwargs)
 
 
 def unwrap_step_model(model: nn.Module) -> nn.Module:
@@ -182,33 +206,90 @@ def register_zero3_head(step: StepModel) -> None:
     deepspeed.zero.register_external_parameter(step, head.weight)
 
 
-def fsdp_on_cpu(accelerator: Any, plugin_args: dict[str, Any] | None) -> bool:
-    """Turn a CPU (gloo) multi-process run that asked for FSDP into an FSDP2 run; True if done.
+def fsdp_autocast(accelerator: Any) -> bool:
+    """Set up an FSDP run to compute what one process computes; True if the run is FSDP.
 
-    accelerate 1.15 decides FSDP in ``AcceleratorState.__init__`` only for accelerator devices
-    (CUDA, XPU, NPU, ...): on a CPU, ``ACCELERATE_USE_FSDP=true`` (``accelerate launch`` with an
-    FSDP config, or ``tidpo train --sharding fsdp2``) leaves ``DistributedType.MULTI_CPU`` and
-    the model would be wrapped in DDP. PyTorch's ``fully_shard`` itself runs on CPU with gloo, so
-    this sets what that branch would have set -- ``distributed_type = FSDP`` on the
-    accelerator's and the partial state, and the plugin (built from the same environment /
-    ``TrainingArguments.fsdp`` values as accelerate builds it, its mixed precision set the same
-    way) -- after the Accelerator is built and before anything is prepared. From then on
-    accelerate's own FSDP2 path runs (``fsdp2_prepare_model``, its state-dict and checkpoint
-    functions). Nothing happens on a GPU machine or without FSDP asked for.
+    accelerate's FSDP2 mixed precision (``MixedPrecisionPolicy(param_dtype=bf16,
+    output_dtype=bf16)`` for ``bf16=True``) casts every weight to bf16 before the forward --
+    RMSNorm weights and embeddings too, so the residual stream is bf16 -- and casts the root's
+    outputs (the per-token log-probs) to bf16. One process and DDP run bf16 *autocast* on fp32
+    weights instead (matrix products in bf16, norms and embeddings in fp32), and so does the
+    frozen reference here: under accelerate's policy the policy and the reference were two
+    functions, and the step-1 log-ratios were not 0. This sets the policy to cast nothing
+    (``MixedPrecisionPolicy()``): FSDP2 gathers fp32 weights (twice the bytes of bf16) and
+    reduces fp32 gradients, and the autocast accelerate already applies to the wrapped forward
+    computes bf16 exactly as one process does.
+
+    Raises `TidpoError` for FSDP1, and where FSDP was asked for but accelerate did not set it
+    up: accelerate 1.15 decides FSDP only for accelerator devices (CUDA, XPU, NPU, ...), and on
+    a CPU (``MULTI_CPU``) it would silently train with DDP instead.
     """
-    from accelerate.state import PartialState
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+    from accelerate.utils import AutocastKwargs, DistributedType
+    from torch.distributed.fsdp import MixedPrecisionPolicy
 
     state = accelerator.state
-    asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" or bool(plugin_args)
-    if not asked or state.distributed_type != DistributedType.MULTI_CPU:
+    if state.distributed_type == DistributedType.MULTI_CPU and _fsdp_asked():
+        raise TidpoError(
+            "FSDP on a CPU: accelerate runs FSDP on accelerator devices (CUDA, XPU, NPU, ...) "
+            "only and would silently fall back to DDP; use --sharding ddp (or zero3) here"
+        )
+    if state.distributed_type != DistributedType.FSDP:
         return False
-    plugin = FullyShardedDataParallelPlugin(**(plugin_args or {}))
+    plugin = state.fsdp_plugin
     if plugin.fsdp_version != 2:
-        raise TidpoError("FSDP on a CPU: only FSDP2 (fsdp_version: 2) is supported")
-    if state.mixed_precision != "no":
-        plugin.set_mixed_precision(state.mixed_precision)
-    state.fsdp_plugin = plugin
-    state.distributed_type = DistributedType.FSDP
-    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        raise TidpoError("FSDP: only FSDP2 (fsdp_version: 2, --sharding fsdp2) is supported")
+    plugin.mixed_precision_policy = MixedPrecisionPolicy()
+    # FSDP2 gathers a group's weights into the same tensors at every forward: autocast's cache
+    # of their bf16 casts (kept for the whole step's autocast region) would hand a forward with
+    # gradient the casts a no-gradient forward made (anchor sampling), without their history,
+    # and those weights got no gradient from the step. Without the cache every forward casts
+    # the weights it gathered, as often as FSDP2's own bf16 policy would.
+    accelerator.autocast_handler = AutocastKwargs(cache_enabled=False)
     return True
+
+
+def deepspeed_autocast(args: Any) -> None:
+    """Under DeepSpeed, compute bf16 as one process does: DeepSpeed's ``torch_autocast``.
+
+    With ``bf16=True`` accelerate and transformers enable DeepSpeed's bf16 mode: the weights are
+    held in bf16 (transformers loads them so under ``zero.Init``), norms, embeddings and the
+    residual stream are computed in bf16, and accelerate applies no autocast. That is another
+    function from bf16 autocast on fp32 weights (one process, DDP, FSDP2): the loss after one
+    update differed from one process's by a fifth of that update's effect. Instead this sets
+    DeepSpeed's ``torch_autocast`` (bf16 off, weights fp32, the engine's forward under autocast)
+    with no module in ``lower_precision_safe_modules``, so every weight is gathered in fp32 (a
+    bf16 gather of ``nn.Linear`` weights would gather a tied input embedding in bf16 too), and
+    turns TrainingArguments' ``bf16`` off so that transformers does not find the two configs
+    disagreeing; `tidpo.training.trainer.TIDPOTrainer.autocast_context` applies the same
+    autocast to the frozen reference. Called at the end of `TIDPOConfig`'s ``__post_init__``,
+    before the model loads; fp16 (DeepSpeed's own loss scaling) and fp32 are left as they are.
+    """
+    plugin = getattr(args, "deepspeed_plugin", None)
+    if plugin is None or not args.bf16:
+        return
+    config = plugin.deepspeed_config
+    config["bf16"] = {"enabled": False}
+    config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16",
+                                "lower_precision_safe_modules": []}  # fmt: skip
+    args.bf16 = False
+    args.mixed_precision = "no"
+    plugin.set_deepspeed_weakref()  # the config transformers loads the model under
+
+
+def _fsdp_asked() -> bool:
+    """``accelerate launch --use_fsdp`` (or an FSDP config file) sets this for every process."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def alias_tied(state_dict: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """``state_dict`` (gathered from shards: one tensor per key) with the keys of parameters
+    that are one tensor in ``model`` (tied input and output embeddings) pointing at one tensor
+    again, so ``save_pretrained`` writes each once, as it does for the model itself (FSDP2 and
+    ZeRO-3 gather ``lm_head.weight`` and ``embed_tokens.weight`` as two copies)."""
+    first: dict[int, str] = {}
+    out = dict(state_dict)
+    for name, param in model.named_parameters(remove_duplicate=False):
+        source = first.setdefault(id(param), name)
+        if source != name and source in out and name in out:
+            out[name] = out[source]
+    return out

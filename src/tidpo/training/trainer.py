@@ -28,7 +28,7 @@ from tidpo.training.config import TIDPOConfig
 from tidpo.training.forward import (
     Forward,
     attribution_graph,
-    attribution_target,
+    attribution_scores,
     disable_dropout,
     head_agrees,
     output_head,
@@ -41,7 +41,9 @@ from tidpo.training.prepare import prepare_dataset
 from tidpo.training.reference import ReferenceCache, live_reference, shared_cache
 from tidpo.training.sharding import (
     StepModel,
-    fsdp_on_cpu,
+    alias_tied,
+    fsdp_autocast,
+    gathered,
     register_zero3_head,
     sync_from_main,
     unwrap_step_model,
@@ -139,11 +141,10 @@ class TIDPOTrainer(Trainer):
                 self.anchor_sampler.any_stale = self._any_process
 
     def create_accelerator_and_postprocess(self) -> None:
-        """The Trainer's accelerator; on a CPU machine asked for FSDP, made an FSDP2 one
-        (`tidpo.training.sharding.fsdp_on_cpu`: accelerate alone would fall back to DDP)."""
+        """The Trainer's accelerator; under FSDP2 with bf16 as one process computes it
+        (`tidpo.training.sharding.fsdp_autocast`)."""
         super().create_accelerator_and_postprocess()
-        if fsdp_on_cpu(self.accelerator, self.args.fsdp_plugin_args):
-            self.is_fsdp_enabled = True
+        fsdp_autocast(self.accelerator)
 
     def _any_process(self, flag: bool) -> bool:
         """Whether ``flag`` holds on any process (a collective: every process calls it)."""
@@ -160,8 +161,7 @@ class TIDPOTrainer(Trainer):
     def _setup_reference(self, ref_model: nn.Module | None, datasets: list[Dataset]) -> None:
         """The live reference model and, with ``precompute_ref``, one cache per dataset."""
         args = self.args
-        lowp = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the reference runs in autocast
-        dtype = lowp.get(str(self.accelerator.mixed_precision))
+        dtype = args.precision_choice.dtype  # the reference runs in autocast: linears cast once
         policy: nn.Module = self.model  # type: ignore[assignment]
         ref_model = live_reference(policy, ref_model, args.ref_model, self.is_peft, dtype,
                                    args.device)  # fmt: skip
@@ -181,15 +181,21 @@ class TIDPOTrainer(Trainer):
             ds, batch_size=max(1, self.args.per_device_train_batch_size),
             collate_fn=self.data_collator, shuffle=False,
         )  # fmt: skip
-        extra = f"{self.args.max_length}:{self.accelerator.mixed_precision}"  # bf16 logps differ
-        with self.autocast_context():
+        extra = f"{self.args.max_length}:{self.args.precision_choice.name}"  # bf16 logps differ
+        # ZeRO-3 + LoRA: the policy is still partitioned here (the engine wraps it later), so its
+        # full weights are gathered while it is fingerprinted and scored (a frozen copy is whole)
+        with self.autocast_context(), gathered(source):
             return shared_cache(self.accelerator, source.to(self.args.device), ds, loader, extra,
                                 disable_adapter=ref_model is None)  # fmt: skip
 
     def autocast_context(self) -> Any:
         """The mixed-precision context the policy's forward runs in (bf16 autocast when
         ``bf16=True``): accelerate applies it inside the prepared model's forward only, so the
-        reference forward, the reference cache and the output head use it explicitly."""
+        reference forward, the reference cache and the output head use it explicitly. Under
+        DeepSpeed (whose engine applies its own, `tidpo.training.sharding.deepspeed_autocast`)
+        accelerate's is a no-op: the run's precision gives it."""
+        if self.is_deepspeed_enabled:
+            return self.args.precision_choice.autocast()
         return self.accelerator.autocast()
 
     @staticmethod
@@ -215,7 +221,7 @@ class TIDPOTrainer(Trainer):
             return cache.lookup(key[1], span), None
         live, fused = self.ref_model, self._fused is not False
         if live is None and self.sharded:  # the sharded PEFT model, its adapter off
-            out = model(ids, am, span, task="reference", full_logits=need_logits, fused=fused)
+            out = model(StepModel.reference, ids, am, span, full_logits=need_logits, fused=fused)
             return out["logps"], out.get("logits")
         live = live if live is not None else self.accelerator.unwrap_model(model)
         with self.autocast_context():
@@ -225,18 +231,18 @@ class TIDPOTrainer(Trainer):
                  full_logits: bool) -> tuple[Forward, Tensor, Tensor | None]:  # fmt: skip
         """One policy forward (`tidpo.training.forward.run_forward`) and its per-token log-probs
         where ``mask`` is 1: the fused path when the model's head is a plain linear map (checked
-        once against the model's own logits). Sharded, all of it runs in `StepModel`'s forward,
-        under ZeRO-3 the attribution scores (``attribute``) included; else they are None here
-        (taken later from the same graph)."""
+        once against the model's own logits). Sharded, all of it runs in `StepModel.policy`,
+        under ZeRO-3 the attribution scores (``attribute``) included, from a forward of their
+        own; else they are None here (taken later from this forward's graph)."""
         unwrapped: Any = unwrap_step_model(self.accelerator.unwrap_model(model))
         if self._fused is None:
             self._fused = output_head(unwrapped) is not None
         check = not self._fused_checked and self._fused and not full_logits
         if self.sharded:
-            # ZeRO-3: the attribution inside the forward; FSDP2: from the returned embeddings
+            # ZeRO-3: the attribution inside, its own forward; FSDP2: from the returned embeddings
             inside = attribute and self.is_deepspeed_enabled
-            out = model(ids, am, mask, attribute=attribute, full_logits=full_logits,
-                        fused=self._fused, check_head=check,
+            out = model(StepModel.policy, ids, am, mask, attribute=attribute and not inside,
+                        full_logits=full_logits, fused=self._fused, check_head=check,
                         attribution=self.args.attribution_target if inside else None)  # fmt: skip
             fwd = Forward(out["embeds"], None, out["logits"], None, out.get("keep"))
             logps, scores = out["logps"], out.get("scores")
@@ -306,8 +312,7 @@ class TIDPOTrainer(Trainer):
                 if ref_lp is not None:
                     ref_lp = _stack(ref_lp, self._reference_logps(model, a_ids, a_am, a_resp)[0])
         if cfg.needs_attribution and scores is None:
-            target = attribution_target(fwd, pair_lp, am, cfg.attribution_target)
-            scores = F.attribution_from_graph(target, fwd.embeds, am)
+            scores = attribution_scores(fwd, pair_lp, am, cfg.attribution_target)
         gen = None
         if cfg.loss == "tidpo" and cfg.weighting == "random":  # per micro-batch and process
             step, rank = self.state.global_step, self.accelerator.process_index
@@ -366,6 +371,7 @@ class TIDPOTrainer(Trainer):
         out = Path(output_dir or str(self.args.output_dir))
         weights = {k.removeprefix("lm."): v for k, v in (state_dict or {}).items()}
         model: Any = unwrap_step_model(self.model)  # type: ignore[arg-type]
+        weights = alias_tied(weights, model)  # tied embeddings gathered as two copies
         model.save_pretrained(out, state_dict=weights, safe_serialization=True)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(out)
