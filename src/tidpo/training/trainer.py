@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from datasets import Dataset
 from torch import Tensor, nn
-from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
+from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 from tidpo import functional as F
 from tidpo.data import eos_token_ids, pad_token_id
 from tidpo.data.collate import PreferenceCollator
-from tidpo.training.anchors import AnchorSampler
+from tidpo.training.anchors import AnchorSampler, AnchorWindowTrainer
 from tidpo.training.callbacks import MetricsFileCallback, NonFiniteGuard, NonFiniteLossError
 from tidpo.training.config import TIDPOConfig
 from tidpo.training.forward import (
@@ -63,7 +63,7 @@ def _stack(top: Tensor, bottom: Tensor) -> Tensor:
     return torch.cat([nn.functional.pad(x, (0, width - x.shape[1])) for x in (top, bottom)])
 
 
-class TIDPOTrainer(Trainer):
+class TIDPOTrainer(AnchorWindowTrainer):
     """Trainer for TI-DPO and the baseline preference objectives (``TIDPOConfig.loss``).
 
     Args:
@@ -130,6 +130,7 @@ class TIDPOTrainer(Trainer):
                 eos_token_ids=eos_token_ids(processing_class, model),
                 sampling=args.anchor_sampling,
                 refresh_steps=args.anchor_refresh_steps,
+                mode=args.anchor_refresh_mode,
                 from_=args.anchor_from,
             )
         # FSDP2 / ZeRO-3 shard the weights: they wrap a `StepModel`, whose forward does every
@@ -284,14 +285,19 @@ class TIDPOTrainer(Trainer):
         # "sequence"), see `StepTensors`.
         response = rm[:, 1:]
         seq_kl = ref_lp = anchors = None
-        rows = self._row_key(inputs)
+        rows, sampler, step = self._row_key(inputs), self.anchor_sampler, self.state.global_step
+        gamma = None  # the triplet's weight this step (sparse refresh: k * gamma or 0)
+        if sampler is not None and mode == "train":
+            gamma = sampler.triplet_weight(cfg.gamma, step)
         # One autocast region for the whole step's forwards (sampling included), so autocast
         # casts the policy's weights once per step rather than once per forward call.
         with self.autocast_context():
-            if cfg.uses_triplet and self.anchor_sampler is not None:  # stale rows are sampled
+            if cfg.uses_triplet and sampler is not None and gamma != 0:  # the refresh window's
                 policy = model if self.sharded else self.accelerator.unwrap_model(model)
-                anchors = self.anchor_sampler.rows(policy, inputs, self.state.global_step, rows)
-            elif cfg.uses_triplet:
+                anchors = sampler.rows(policy, inputs, step, window=mode == "train")
+                if mode == "train":  # optimiser steps since the anchors were sampled
+                    self._metrics[mode]["anchors/age"].append(step - sampler.last_sampled_at)
+            elif cfg.uses_triplet and sampler is None:  # the data's anchors
                 anchors = (inputs["anchor_input_ids"], inputs["anchor_attention_mask"],
                            inputs["anchor_response_mask"])  # fmt: skip
             # Chosen and rejected rows: one forward (attribution reuses its graph below).
@@ -322,7 +328,7 @@ class TIDPOTrainer(Trainer):
         given = inputs.get("token_weights") if cfg.weighting == "column" else None
         tensors = StepTensors(policy_lp, ref_lp, response, wspan, scores, seq_kl, special, given)
         details: dict[str, Tensor] = {}
-        loss, metrics = step_loss(cfg, tensors, b, gen, details if return_outputs else None)
+        loss, metrics = step_loss(cfg, tensors, b, gen, details if return_outputs else None, gamma)
         if mode == "train" and not torch.isfinite(loss):
             # No update from this batch: a zero loss that still reaches every trainable
             # parameter (so DDP's reducer is satisfied), then the guard drops the gradients.
