@@ -1,17 +1,16 @@
 """`tidpo bench`: step time and peak memory of tidpo's objectives against TRL's DPOTrainer.
 
-What is measured, and how (the same for every configuration):
+What is measured, and how (the same for every configuration; docs/performance.md):
 
 * **Data.** Rows of the bundled train split, made long: row ``k`` keeps its prompt and takes as
   chosen (rejected) response the chosen (rejected) answers of rows ``k, k+1, ...`` joined until
   prompt + response reaches ``max_length`` tokens, then cut there (tidpo's chat-template
   tokenization, keep-start). The parent tokenizes once and hands every worker the same token ids,
   so TRL and tidpo see identical sequences (TRL's own tokenization is bypassed).
-* **Revisiting.** The training set is exactly ``batch`` rows, so every step is one batch of the
-  same examples. That is what lets ``anchor_refresh_steps`` work: anchors are cached per example,
-  so with refresh 4 an anchor is sampled at global steps 0, 4, 8, ... and reused between. With the
-  default 1 warm-up and 4 timed steps, the timed steps hold one sampling step: the *mean* is the
-  amortised cost, and it is what ``tidpo_refresh4`` is held to.
+* **One shuffled epoch.** ``batch`` distinct rows per step, in the Trainer's shuffled order (the
+  same seed for all); no row comes back. With ``anchor_refresh_steps`` k the warm-up and the
+  timed steps are rounded up to multiples of k (`tidpo.studies.bench_worker.schedule`): the timed
+  steps are whole refresh windows, and their *mean* (the amortised cost) is what counts.
 * **Step.** One optimiser step (forward, backward, gradient clipping, AdamW update) timed from the
   Trainer's ``on_step_begin`` to ``on_step_end`` callbacks (after a CUDA synchronise on a GPU),
   for TRL and tidpo alike; the first ``warmup`` steps are not counted. Reported: the median and
@@ -29,12 +28,7 @@ What is measured, and how (the same for every configuration):
   that many tokens, random weights (no download), ``large_length`` tokens per sequence, TRL
   against full TI-DPO; there TI-DPO's peak memory is held to half of TRL's.
 
-Configurations (`tidpo.studies.bench_worker.CONFIGS`): ``trl_dpo`` (TRL 1.16 DPOTrainer, the anchor
-of the ratios), ``dpo`` (tidpo ``loss=dpo``), ``tidpo_no_triplet`` (TI-DPO,
-``anchor_source=none``), ``tidpo_refresh1`` and ``tidpo_refresh4`` (full TI-DPO, policy anchors
-re-sampled every 1 or 4 steps), ``tidpo_precomputed`` (TI-DPO without triplet, reference
-log-probs precomputed) and ``tidpo_precomputed_all`` (the same on token weights written
-beforehand by `tidpo weights`: ``weighting="column"``, no attribution pass, no reference model).
+Configurations: `tidpo.studies.bench_worker.CONFIGS` (``tidpo_sparse4`` on request).
 """
 
 from __future__ import annotations
@@ -54,17 +48,17 @@ from rich.markup import escape
 
 from tidpo.errors import TidpoError
 from tidpo.fileio import write_json_atomic
-from tidpo.studies.bench_worker import CONFIGS
+from tidpo.studies.bench_worker import ALL_CONFIGS, CONFIGS, schedule
 from tidpo.training.precision import choose_precision
 
 __all__ = ["CONFIGS", "LARGE_CONFIGS", "TARGETS", "BenchError", "BenchOptions", "bench_rows",
            "memory_table", "run_bench"]  # fmt: skip
 
 # Step time / TRL's step time that each configuration should stay under (the mean for
-# refresh 4, whose sampling step is amortised over the refresh period).
+# refresh 4, whose sampling step is amortised over the refresh window).
 TARGETS = {"dpo": 0.85, "tidpo_no_triplet": 1.10, "tidpo_refresh4": 1.5, "tidpo_precomputed": 0.9,
            "tidpo_precomputed_all": 0.85}  # fmt: skip
-MEAN_TARGETS = {"tidpo_refresh4"}
+MEAN_TARGETS = {"tidpo_refresh4", "tidpo_sparse4"}
 LARGE_CONFIGS = ("trl_dpo", "tidpo_refresh4")
 LARGE_MEMORY_TARGET = 0.5
 """At the large vocabulary: TI-DPO's peak memory / TRL's."""
@@ -94,10 +88,10 @@ class BenchOptions:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
-        unknown = [c for c in self.configs if c not in CONFIGS]
+        unknown = [c for c in self.configs if c not in ALL_CONFIGS]
         if unknown:
             raise BenchError(
-                f"--configs: unknown {unknown[0]!r} (choose from {', '.join(CONFIGS)})"
+                f"--configs: unknown {unknown[0]!r} (choose from {', '.join(ALL_CONFIGS)})"
             )
         if not self.configs:
             raise BenchError("--configs: give at least one configuration")
@@ -117,6 +111,9 @@ def bench_rows(tokenizer: Any, n: int, max_length: int) -> list[dict[str, list[i
     from tidpo.data import bundled_dataset, load_preferences, tokenize_row
 
     base = load_preferences(bundled_dataset("train")).to_list()
+    if n > len(base):
+        raise BenchError(f"--batch x steps: {n} distinct rows needed, the bundled set has "
+                         f"{len(base)}")  # fmt: skip
     lengths = {k: [len(tokenizer(r[k], add_special_tokens=False)["input_ids"]) for r in base]
                for k in ("chosen", "rejected")}  # fmt: skip
     rows: list[dict[str, list[int]]] = []
@@ -161,7 +158,7 @@ def _run_worker(config: str, opts: BenchOptions, model: Path, group: _Group, wor
     out = work / f"{config}-{time.monotonic_ns()}.json"
     cmd = [sys.executable, "-m", "tidpo.studies.bench_worker", "--worker", config,
            "--model", str(model), "--rows", str(group.rows), "--out", str(out),
-           "--steps", str(opts.steps), "--warmup", str(opts.warmup),
+           "--batch", str(opts.batch), "--steps", str(opts.steps), "--warmup", str(opts.warmup),
            "--max-length", str(group.max_length),
            "--precision", opts.precision]  # fmt: skip
     if group.vocab_size is not None:
@@ -206,11 +203,11 @@ def run_bench(opts: BenchOptions, console: Any = None) -> list[dict[str, Any]]:
         opts.profile_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tidpo-bench-", dir=opts.work_dir) as tmp:
         work = Path(tmp)
-        groups = [_group(work, "main", opts.configs, tokenizer, opts.batch, opts.max_length)]
+        groups = [_group(work, "main", opts.configs, tokenizer, opts, opts.max_length)]
         if opts.large_vocab is not None:
             name = f"vocab {opts.large_vocab}"
-            groups.append(_group(work, name, LARGE_CONFIGS, tokenizer, opts.batch,
-                                 opts.large_length, opts.large_vocab))  # fmt: skip
+            groups.append(_group(work, name, LARGE_CONFIGS, tokenizer, opts, opts.large_length,
+                                 opts.large_vocab))  # fmt: skip
         results: list[dict[str, Any]] = []
         for group in groups:
             runs: dict[str, list[dict[str, Any]]] = {c: [] for c in group.configs}
@@ -248,10 +245,13 @@ def run_bench(opts: BenchOptions, console: Any = None) -> list[dict[str, Any]]:
     return results
 
 
-def _group(work: Path, name: str, configs: tuple[str, ...], tokenizer: Any, batch: int,
+def _group(work: Path, name: str, configs: tuple[str, ...], tokenizer: Any, opts: BenchOptions,
            length: int, vocab: int | None = None) -> _Group:  # fmt: skip
+    """The group's rows: ``batch`` distinct rows for every step of its longest configuration."""
+    steps = max(sum(schedule(c, opts.warmup, opts.steps)) for c in configs)
     rows = work / f"rows-{length}.json"
-    rows.write_text(json.dumps(bench_rows(tokenizer, batch, length)))
+    extra = 1 if opts.profile_dir is not None else 0
+    rows.write_text(json.dumps(bench_rows(tokenizer, opts.batch * (steps + extra), length)))
     return _Group(name, configs, rows, length, vocab)
 
 
@@ -276,6 +276,9 @@ def _summarise(runs: dict[str, list[dict[str, Any]]], group: _Group) -> list[dic
             "device": parts[0].get("device"),
             "step_s": steps,
             "anchor_rows_generated": sum(p.get("anchor_rows", 0) for p in parts),
+            "anchor_generate_calls": sum(p.get("anchor_generate_calls", 0) for p in parts),
+            "rows_per_run": parts[0].get("rows"),
+            "epochs": parts[0].get("epochs"),
             "reference_vocab_size": parts[0].get("reference_vocab_size"),
             "checkpointing": parts[0].get("checkpointing"),
             "setup_mb": _largest(p.get("setup_mb") for p in parts),
