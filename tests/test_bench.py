@@ -39,7 +39,7 @@ def test_bench_json_has_every_config_and_positive_numbers(
         # one shuffled epoch over distinct rows; refresh 4: 4 timed steps (one whole window)
         timed = 4 if r["config"] == "tidpo_refresh4" else 2
         assert len(r["step_s"]) == timed and r["rows_per_run"] == 2 * timed
-        assert r["epochs"] == 1.0
+        assert r["epochs"] == 1.0 and len(r["cpu_s"]) == timed and r["mean_cpu_s"] > 0
         # where the memory goes: held at the start and between steps, both inside the peak
         for key in ("setup_mb", "between_steps_mb"):
             assert 0 < r[key] <= r["peak_rss_mb"], (r, key)

@@ -230,16 +230,9 @@ def run_bench(opts: BenchOptions, console: Any = None) -> list[dict[str, Any]]:
                                 f"[red]{escape(str(err))}[/]\n" + escape("\n".join(err.tail))
                             )
             results += _summarise({c: r for c, r in runs.items() if c not in failed}, group)
-            results += [
-                {
-                    "config": c,
-                    "group": group.name,
-                    "max_length": group.max_length,
-                    "vocab_size": group.vocab_size,
-                    "error": e,
-                }
-                for c, e in failed.items()
-            ]
+            results += [{"config": c, "group": group.name, "max_length": group.max_length,
+                         "vocab_size": group.vocab_size, "error": e}
+                        for c, e in failed.items()]  # fmt: skip
     if console is not None:
         console.print(results_table(results, opts, choice.describe()))
     return results
@@ -259,6 +252,7 @@ def _summarise(runs: dict[str, list[dict[str, Any]]], group: _Group) -> list[dic
     results = []
     for config, parts in runs.items():
         steps = [s for p in parts for s in p["step_s"]]
+        cpu = [c for p in parts for c in p["cpu_s"]]
         median = statistics.median(steps)
         gpu = [p["peak_gpu_mb"] for p in parts if p.get("peak_gpu_mb") is not None]
         results.append({
@@ -268,7 +262,9 @@ def _summarise(runs: dict[str, list[dict[str, Any]]], group: _Group) -> list[dic
             "vocab_size": group.vocab_size,
             "median_step_s": median,
             "mean_step_s": statistics.fmean(steps),
-            "median_cpu_s": statistics.median(c for p in parts for c in p["cpu_s"]),
+            "median_cpu_s": statistics.median(cpu),
+            "mean_cpu_s": statistics.fmean(cpu),  # on a loaded machine: steadier than wall time
+            "cpu_s": cpu,
             "tokens_per_s": parts[0]["tokens_per_step"] / median,
             "peak_rss_mb": max(p["peak_rss_mb"] for p in parts),
             "peak_gpu_mb": max(gpu) if gpu else None,
