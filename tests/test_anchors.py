@@ -77,7 +77,7 @@ def _ages(trainer: TIDPOTrainer) -> list[float]:
     return [h["anchors/age"] for h in trainer.state.log_history if "anchors/age" in h]
 
 
-@pytest.mark.parametrize(("batch", "accum", "k"), [(2, 1, 4), (1, 2, 2), (2, 1, 1)])
+@pytest.mark.parametrize(("batch", "accum", "k"), [(2, 1, 4), (1, 2, 2), (2, 1, 1), (1, 2, 1)])
 def test_lookahead_samples_each_window_in_one_call_in_a_shuffled_epoch(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int,
     accum: int, k: int,
