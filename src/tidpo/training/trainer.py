@@ -292,7 +292,7 @@ class TIDPOTrainer(AnchorWindowTrainer):
         # One autocast region for the whole step's forwards (sampling included), so autocast
         # casts the policy's weights once per step rather than once per forward call.
         with self.autocast_context():
-            if cfg.uses_triplet and sampler is not None and gamma != 0:  # the refresh window's
+            if cfg.uses_triplet and sampler is not None and gamma != 0:  # policy anchors
                 policy = model if self.sharded else self.accelerator.unwrap_model(model)
                 anchors = sampler.rows(policy, inputs, step, window=mode == "train")
                 if mode == "train":  # optimiser steps since the anchors were sampled
