@@ -150,6 +150,9 @@ def _run(model_dir: str, data: str, out: Path, batch: int, tag: str, spec: str) 
         "anchor_rows_sampled": (
             trainer.anchor_sampler.generated_rows if trainer.anchor_sampler is not None else 0
         ),
+        "anchor_generate_calls": (
+            trainer.anchor_sampler.generate_calls if trainer.anchor_sampler is not None else 0
+        ),
         "weight_sum": float(sum(float(v.double().sum()) for v in weights.values())),
         "sharded": trainer.sharded,
         "skipped_steps": trainer.guard.skipped,

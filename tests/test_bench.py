@@ -1,5 +1,6 @@
 """`tidpo bench` on the tiny model: every configuration runs in a worker, the JSON has the schema;
-the bench's rows fill max_length; bad options stop with exit 2."""
+the bench's rows fill max_length; every configuration trains one shuffled epoch (no row twice),
+and the refresh rows time whole refresh windows; bad options stop with exit 2."""
 
 from __future__ import annotations
 
@@ -35,18 +36,41 @@ def test_bench_json_has_every_config_and_positive_numbers(
     for r in records:
         for key in ("median_step_s", "tokens_per_s", "peak_rss_mb", "ratio_to_trl"):
             assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] > 0, (r, key)
-        assert len(r["step_s"]) == 2
+        # one shuffled epoch over distinct rows; refresh 4: 4 timed steps (one whole window)
+        timed = 4 if r["config"] == "tidpo_refresh4" else 2
+        assert len(r["step_s"]) == timed and r["rows_per_run"] == 2 * timed
+        assert r["epochs"] == 1.0 and len(r["cpu_s"]) == timed and r["mean_cpu_s"] > 0
         # where the memory goes: held at the start and between steps, both inside the peak
         for key in ("setup_mb", "between_steps_mb"):
             assert 0 < r[key] <= r["peak_rss_mb"], (r, key)
         assert r["reference_vocab_size"] == len(tokenizer)  # type: ignore[arg-type]
     by_name = {r["config"]: r for r in records}
     assert by_name["trl_dpo"]["ratio_to_trl"] == 1.0
-    # the bench revisits the same examples: refresh 1 samples every step, refresh 4 once in two
+    # every row gets its anchor: refresh 1 in a call per step, refresh 4 in one call per window
     assert by_name["tidpo_refresh1"]["anchor_rows_generated"] == 2 * 2
-    assert by_name["tidpo_refresh4"]["anchor_rows_generated"] == 2
+    assert by_name["tidpo_refresh1"]["anchor_generate_calls"] == 2
+    assert by_name["tidpo_refresh4"]["anchor_rows_generated"] == 4 * 2
+    assert by_name["tidpo_refresh4"]["anchor_generate_calls"] == 1
     assert by_name["dpo"]["anchor_rows_generated"] == 0
     assert "tidpo_refresh4" in result.output and "x TRL" in result.output
+
+
+def test_sparse_refresh_worker_samples_at_window_starts_only(
+    tiny_model_dir: Path, tokenizer: object, tmp_path: Path
+) -> None:
+    """``tidpo_sparse4`` (on request): 4 warm-up and 4 timed steps over 16 distinct rows, the
+    anchors of the two window starts only (2 rows each)."""
+    from tidpo.studies.bench_worker import main
+
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps(bench_rows(tokenizer, 16, 48)))
+    out = tmp_path / "sparse.json"
+    main(["--worker", "tidpo_sparse4", "--model", str(tiny_model_dir), "--rows", str(rows),
+          "--out", str(out), "--steps", "3", "--warmup", "1", "--max-length", "48",
+          "--precision", "fp32"])  # fmt: skip
+    record = json.loads(out.read_text())
+    assert (record["warmup"], len(record["step_s"]), record["rows"]) == (4, 4, 16)
+    assert (record["anchor_generate_calls"], record["anchor_rows"]) == (2, 4)
 
 
 def test_bench_rows_fill_max_length(tokenizer: object) -> None:

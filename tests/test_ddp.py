@@ -31,6 +31,8 @@ CONFIGS = {
     "tidpo": "loss=tidpo,anchor_source=column",  # attribution + column anchors + frozen reference
     "dpo": "loss=dpo,anchor_source=column",
     "policy": "loss=tidpo,anchor_source=policy",  # anchors sampled by each rank
+    # the 3 steps are one refresh window: each rank samples its 3 rows in one generate call
+    "window": "loss=tidpo,anchor_source=policy,anchor_refresh_steps=3",
     "nan": "loss=dpo,anchor_source=column,nan_on_rank0_at_call=2",  # one rank's step 2 is NaN
 }
 PAIRS = [
@@ -109,6 +111,11 @@ def test_policy_anchors_each_rank_samples_its_own_rows(runs: Path) -> None:
     assert [r["anchor_rows_sampled"] for r in ranks] == [3, 3]  # 3 steps x 1 row, no hang
     assert all(math.isfinite(x) for x in ranks[0]["losses"]) and len(ranks[0]["losses"]) == 3
     assert ranks[0]["weight_sum"] == ranks[1]["weight_sum"]
+    window = [_record(runs / "two", "window", r) for r in (0, 1)]
+    assert [r["rows"] for r in window] == [r["rows"] for r in ranks]  # the same rows, seed 0
+    assert [(r["anchor_rows_sampled"], r["anchor_generate_calls"]) for r in window] == [(3, 1)] * 2
+    assert [r["anchor_generate_calls"] for r in ranks] == [3, 3]
+    assert window[0]["weight_sum"] == window[1]["weight_sum"]
 
 
 def test_num_processes_relaunches_the_command(

@@ -44,6 +44,8 @@ CONFIGS = {
     "dpo": "loss=dpo,anchor_source=column",
     # LoRA: the reference is the sharded policy with its adapter off
     "lora": f"loss=tidpo,{POLICY},lora=4",
+    # the 3 steps are one refresh window: every process joins one synced generate call
+    "window": f"loss=tidpo,{POLICY},anchor_refresh_steps=3",
     "nan": "loss=dpo,anchor_source=column,nan_on_rank0_at_call=2",  # rank 0's step 2 is NaN
     # the reference cache: each rank scores half the batches, rank 0 writes the file
     "cache": "loss=tidpo,anchor_source=column,precompute_ref=true",
@@ -102,7 +104,7 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-@pytest.mark.parametrize("tag", ["tidpo", "dpo", "lora"])
+@pytest.mark.parametrize("tag", ["tidpo", "dpo", "lora", "window"])
 def test_fsdp2_two_processes_train_like_one_with_twice_the_batch(runs: Path, tag: str) -> None:
     one = _record(runs / "one", tag, 0)
     ranks = [_record(runs / "two", tag, r) for r in (0, 1)]
@@ -121,6 +123,8 @@ def test_fsdp2_two_processes_train_like_one_with_twice_the_batch(runs: Path, tag
     assert len(one["losses"]) == 3 and diff < 1e-5 and wdiff < 1e-5
     if tag != "dpo":  # the triplet's anchors: each rank sampled its own row at every step
         assert [r["anchor_rows_sampled"] for r in ranks] == [3, 3]
+        calls = 1 if tag == "window" else 3  # a window: all its rows in one call
+        assert [r["anchor_generate_calls"] for r in (one, *ranks)] == [calls] * 3
     if tag == "lora":  # the adapter trained (lora_B starts at zero)
         lora_b = [k for k in w2 if "lora_B" in k]
         assert lora_b and max(float(w2[k].abs().max()) for k in lora_b) > 1e-4

@@ -2,7 +2,9 @@
 the final weights equal those of an uninterrupted run bit for bit (CPU, fp32).
 
 Anchors are sampled from the policy (the default), so this also checks that the Trainer's RNG
-restore makes the sampled anchors of the resumed steps the same as in the uninterrupted run.
+restore makes the sampled anchors of the resumed steps the same as in the uninterrupted run; at
+``anchor_refresh_steps=4`` a checkpoint in the middle of a refresh window (step 3 of the window
+[0, 4)) carries the anchors sampled at step 0 for the steps left.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -39,8 +42,9 @@ def _losses(out: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in records if "loss" in r]
 
 
+@pytest.mark.parametrize("refresh", [1, 4])
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, refresh: int
 ) -> None:
     data = tmp_path / "prefs.jsonl"
     data.write_text("".join(
@@ -50,7 +54,8 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(
     train = [sys.executable, "-m", "tidpo", "train", "--model", str(tiny_model_dir),
              "--dataset", str(data), "--max-steps", "6", "--no-report", "--set", "save_steps=1",
              "--set", "bf16=false", "--set", "max_length=64", "--set", "anchor_max_new_tokens=4",
-             "--set", "anchor_source=policy", "--set", "report_to=none"]  # fmt: skip
+             "--set", "anchor_source=policy", "--set", "report_to=none",
+             "--set", f"anchor_refresh_steps={refresh}"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the two runs share the cores; same math
     killed, full = tmp_path / "killed", tmp_path / "full"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "env": env}

@@ -104,7 +104,8 @@ def test_every_weighting_trains_three_steps(
 
 def test_config_rejects_bad_values_naming_the_field(tmp_path: Path) -> None:
     bad = [("importance_lambda", 1.5), ("beta", 0.0), ("triplet_margin", -0.1),
-           ("loss", "nope"), ("weighting", "x"), ("anchor_refresh_steps", 0)]  # fmt: skip
+           ("loss", "nope"), ("weighting", "x"), ("anchor_refresh_steps", 0),
+           ("anchor_refresh_mode", "every")]  # fmt: skip
     for field, value in bad:
         with pytest.raises(ConfigError, match=field):
             _config(tmp_path, **{field: value})

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch",
           "--config_file", str(ROOT / "configs" / "accelerate" / "deepspeed_zero3.yaml"),
           "--num_processes", "2", "--main_process_port", "0"]  # fmt: skip
-TAGS = ["tidpo", "dpo", "lora"]
+TAGS = ["tidpo", "dpo", "lora", "window"]
 # LoRA + precompute_ref: the reference (the adapter off) scored into the cache before the engine
 # exists, from a model transformers loaded partitioned
 LORA_CACHE = "loss=tidpo,anchor_source=column,precompute_ref=true,lora=4"
@@ -98,6 +98,8 @@ def test_zero3_two_processes_train_like_one_with_twice_the_batch(runs: Path, tag
     assert len(one["losses"]) == 3 and diff < 1e-5 and wdiff < 1e-5
     if tag != "dpo":
         assert [r["anchor_rows_sampled"] for r in ranks] == [3, 3]
+        calls = 1 if tag == "window" else 3  # a window: all its rows in one synced call
+        assert [r["anchor_generate_calls"] for r in (one, *ranks)] == [calls] * 3
 
 
 def test_zero3_lora_reference_cache_is_one_process_cache(runs: Path) -> None:

@@ -59,7 +59,7 @@ def bench_command(
     ] = False,
     configs: Annotated[
         str | None,
-        typer.Option(help="Comma-separated subset of the configurations (default: all six)."),
+        typer.Option(help="Comma-separated configurations (default: all but tidpo_sparse4)."),
     ] = None,
     profile: Annotated[
         Path | None,

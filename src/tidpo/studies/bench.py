@@ -1,17 +1,16 @@
 """`tidpo bench`: step time and peak memory of tidpo's objectives against TRL's DPOTrainer.
 
-What is measured, and how (the same for every configuration):
+What is measured, and how (the same for every configuration; docs/performance.md):
 
 * **Data.** Rows of the bundled train split, made long: row ``k`` keeps its prompt and takes as
   chosen (rejected) response the chosen (rejected) answers of rows ``k, k+1, ...`` joined until
   prompt + response reaches ``max_length`` tokens, then cut there (tidpo's chat-template
   tokenization, keep-start). The parent tokenizes once and hands every worker the same token ids,
   so TRL and tidpo see identical sequences (TRL's own tokenization is bypassed).
-* **Revisiting.** The training set is exactly ``batch`` rows, so every step is one batch of the
-  same examples. That is what lets ``anchor_refresh_steps`` work: anchors are cached per example,
-  so with refresh 4 an anchor is sampled at global steps 0, 4, 8, ... and reused between. With the
-  default 1 warm-up and 4 timed steps, the timed steps hold one sampling step: the *mean* is the
-  amortised cost, and it is what ``tidpo_refresh4`` is held to.
+* **One shuffled epoch.** ``batch`` distinct rows per step, in the Trainer's shuffled order (the
+  same seed for all); no row comes back. With ``anchor_refresh_steps`` k the warm-up and the
+  timed steps are rounded up to multiples of k (`tidpo.studies.bench_worker.schedule`): the timed
+  steps are whole refresh windows, and their *mean* (the amortised cost) is what counts.
 * **Step.** One optimiser step (forward, backward, gradient clipping, AdamW update) timed from the
   Trainer's ``on_step_begin`` to ``on_step_end`` callbacks (after a CUDA synchronise on a GPU),
   for TRL and tidpo alike; the first ``warmup`` steps are not counted. Reported: the median and
@@ -29,12 +28,7 @@ What is measured, and how (the same for every configuration):
   that many tokens, random weights (no download), ``large_length`` tokens per sequence, TRL
   against full TI-DPO; there TI-DPO's peak memory is held to half of TRL's.
 
-Configurations (`tidpo.studies.bench_worker.CONFIGS`): ``trl_dpo`` (TRL 1.16 DPOTrainer, the anchor
-of the ratios), ``dpo`` (tidpo ``loss=dpo``), ``tidpo_no_triplet`` (TI-DPO,
-``anchor_source=none``), ``tidpo_refresh1`` and ``tidpo_refresh4`` (full TI-DPO, policy anchors
-re-sampled every 1 or 4 steps), ``tidpo_precomputed`` (TI-DPO without triplet, reference
-log-probs precomputed) and ``tidpo_precomputed_all`` (the same on token weights written
-beforehand by `tidpo weights`: ``weighting="column"``, no attribution pass, no reference model).
+Configurations: `tidpo.studies.bench_worker.CONFIGS` (``tidpo_sparse4`` on request).
 """
 
 from __future__ import annotations
@@ -54,20 +48,24 @@ from rich.markup import escape
 
 from tidpo.errors import TidpoError
 from tidpo.fileio import write_json_atomic
-from tidpo.studies.bench_worker import CONFIGS
+from tidpo.studies.bench_tables import (
+    LARGE_CONFIGS,
+    LARGE_MEMORY_TARGET,
+    MEAN_TARGETS,
+    TARGETS,
+    _peak,
+    bench_title,
+    markdown_table,
+    memory_table,
+    results_table,
+    targets,
+)
+from tidpo.studies.bench_worker import ALL_CONFIGS, CONFIGS, schedule
 from tidpo.training.precision import choose_precision
 
-__all__ = ["CONFIGS", "LARGE_CONFIGS", "TARGETS", "BenchError", "BenchOptions", "bench_rows",
-           "bench_title", "memory_table", "run_bench"]  # fmt: skip
-
-# Step time / TRL's step time that each configuration should stay under (the mean for
-# refresh 4, whose sampling step is amortised over the refresh period).
-TARGETS = {"dpo": 0.85, "tidpo_no_triplet": 1.10, "tidpo_refresh4": 1.5, "tidpo_precomputed": 0.9,
-           "tidpo_precomputed_all": 0.85}  # fmt: skip
-MEAN_TARGETS = {"tidpo_refresh4"}
-LARGE_CONFIGS = ("trl_dpo", "tidpo_refresh4")
-LARGE_MEMORY_TARGET = 0.5
-"""At the large vocabulary: TI-DPO's peak memory / TRL's."""
+__all__ = ["CONFIGS", "LARGE_CONFIGS", "LARGE_MEMORY_TARGET", "TARGETS", "BenchError",
+           "BenchOptions", "bench_rows", "bench_title", "markdown_table", "memory_table",
+           "results_table", "run_bench", "targets"]  # fmt: skip
 
 
 class BenchError(TidpoError):
@@ -94,10 +92,10 @@ class BenchOptions:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
-        unknown = [c for c in self.configs if c not in CONFIGS]
+        unknown = [c for c in self.configs if c not in ALL_CONFIGS]
         if unknown:
             raise BenchError(
-                f"--configs: unknown {unknown[0]!r} (choose from {', '.join(CONFIGS)})"
+                f"--configs: unknown {unknown[0]!r} (choose from {', '.join(ALL_CONFIGS)})"
             )
         if not self.configs:
             raise BenchError("--configs: give at least one configuration")
@@ -117,6 +115,9 @@ def bench_rows(tokenizer: Any, n: int, max_length: int) -> list[dict[str, list[i
     from tidpo.data import bundled_dataset, load_preferences, tokenize_row
 
     base = load_preferences(bundled_dataset("train")).to_list()
+    if n > len(base):
+        raise BenchError(f"--batch x steps: {n} distinct rows needed, the bundled set has "
+                         f"{len(base)}")  # fmt: skip
     lengths = {k: [len(tokenizer(r[k], add_special_tokens=False)["input_ids"]) for r in base]
                for k in ("chosen", "rejected")}  # fmt: skip
     rows: list[dict[str, list[int]]] = []
@@ -161,7 +162,7 @@ def _run_worker(config: str, opts: BenchOptions, model: Path, group: _Group, wor
     out = work / f"{config}-{time.monotonic_ns()}.json"
     cmd = [sys.executable, "-m", "tidpo.studies.bench_worker", "--worker", config,
            "--model", str(model), "--rows", str(group.rows), "--out", str(out),
-           "--steps", str(opts.steps), "--warmup", str(opts.warmup),
+           "--batch", str(opts.batch), "--steps", str(opts.steps), "--warmup", str(opts.warmup),
            "--max-length", str(group.max_length),
            "--precision", opts.precision]  # fmt: skip
     if group.vocab_size is not None:
@@ -207,11 +208,11 @@ def run_bench(opts: BenchOptions, console: Any = None) -> list[dict[str, Any]]:
         opts.profile_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tidpo-bench-", dir=opts.work_dir) as tmp:
         work = Path(tmp)
-        groups = [_group(work, "main", opts.configs, tokenizer, opts.batch, opts.max_length)]
+        groups = [_group(work, "main", opts.configs, tokenizer, opts, opts.max_length)]
         if opts.large_vocab is not None:
             name = f"vocab {opts.large_vocab}"
-            groups.append(_group(work, name, LARGE_CONFIGS, tokenizer, opts.batch,
-                                 opts.large_length, opts.large_vocab))  # fmt: skip
+            groups.append(_group(work, name, LARGE_CONFIGS, tokenizer, opts, opts.large_length,
+                                 opts.large_vocab))  # fmt: skip
         results: list[dict[str, Any]] = []
         for group in groups:
             runs: dict[str, list[dict[str, Any]]] = {c: [] for c in group.configs}
@@ -240,10 +241,13 @@ def run_bench(opts: BenchOptions, console: Any = None) -> list[dict[str, Any]]:
     return results
 
 
-def _group(work: Path, name: str, configs: tuple[str, ...], tokenizer: Any, batch: int,
+def _group(work: Path, name: str, configs: tuple[str, ...], tokenizer: Any, opts: BenchOptions,
            length: int, vocab: int | None = None) -> _Group:  # fmt: skip
+    """The group's rows: ``batch`` distinct rows for every step of its longest configuration."""
+    steps = max(sum(schedule(c, opts.warmup, opts.steps)) for c in configs)
     rows = work / f"rows-{length}.json"
-    rows.write_text(json.dumps(bench_rows(tokenizer, batch, length)))
+    extra = 1 if opts.profile_dir is not None else 0
+    rows.write_text(json.dumps(bench_rows(tokenizer, opts.batch * (steps + extra), length)))
     return _Group(name, configs, rows, length, vocab)
 
 
@@ -251,6 +255,7 @@ def _summarise(runs: dict[str, list[dict[str, Any]]], group: _Group) -> list[dic
     results = []
     for config, parts in runs.items():
         steps = [s for p in parts for s in p["step_s"]]
+        cpu = [c for p in parts for c in p["cpu_s"]]
         median = statistics.median(steps)
         gpu = [p["peak_gpu_mb"] for p in parts if p.get("peak_gpu_mb") is not None]
         results.append({
@@ -260,7 +265,9 @@ def _summarise(runs: dict[str, list[dict[str, Any]]], group: _Group) -> list[dic
             "vocab_size": group.vocab_size,
             "median_step_s": median,
             "mean_step_s": statistics.fmean(steps),
-            "median_cpu_s": statistics.median(c for p in parts for c in p["cpu_s"]),
+            "median_cpu_s": statistics.median(cpu),
+            "mean_cpu_s": statistics.fmean(cpu),  # on a loaded machine: steadier than wall time
+            "cpu_s": cpu,
             "tokens_per_s": parts[0]["tokens_per_step"] / median,
             "peak_rss_mb": max(p["peak_rss_mb"] for p in parts),
             "peak_gpu_mb": max(gpu) if gpu else None,
@@ -268,6 +275,9 @@ def _summarise(runs: dict[str, list[dict[str, Any]]], group: _Group) -> list[dic
             "device": parts[0].get("device"),
             "step_s": steps,
             "anchor_rows_generated": sum(p.get("anchor_rows", 0) for p in parts),
+            "anchor_generate_calls": sum(p.get("anchor_generate_calls", 0) for p in parts),
+            "rows_per_run": parts[0].get("rows"),
+            "epochs": parts[0].get("epochs"),
             "reference_vocab_size": parts[0].get("reference_vocab_size"),
             "checkpointing": parts[0].get("checkpointing"),
             "setup_mb": _largest(p.get("setup_mb") for p in parts),
@@ -284,115 +294,6 @@ def _summarise(runs: dict[str, list[dict[str, Any]]], group: _Group) -> list[dic
 def _largest(values: Any) -> float | None:
     known = [float(v) for v in values if v is not None]
     return max(known) if known else None
-
-
-def _peak(r: dict[str, Any]) -> float:
-    """The memory that counts: GPU memory on a GPU, else the process's resident memory."""
-    return float(r["peak_gpu_mb"] if r.get("peak_gpu_mb") is not None else r["peak_rss_mb"])
-
-
-def _marks(r: dict[str, Any]) -> str:
-    """``time ok, mem ok``: each target of this row (see `targets`), met or missed."""
-    return ", ".join(f"{what} {'[green]ok[/]' if ok else '[red]missed[/]'}"
-                     for what, _, ok in targets(r))  # fmt: skip
-
-
-def targets(r: dict[str, Any]) -> list[tuple[str, float, bool]]:
-    """``[(what, limit, met)]`` for one result row: its step-time ratio to TRL (`TARGETS`) and
-    its peak memory ratio (<= 1 of TRL's; <= `LARGE_MEMORY_TARGET` at the large vocabulary)."""
-    out = []
-    target = TARGETS.get(r["config"])
-    if target is not None and r["ratio_to_trl"] is not None:
-        out.append(("time", target, r["ratio_to_trl"] <= target))
-    if r["config"] != "trl_dpo" and r["memory_to_trl"] is not None:
-        limit = LARGE_MEMORY_TARGET if r["vocab_size"] is not None else 1.0
-        out.append(("mem", limit, r["memory_to_trl"] <= limit))
-    return out
-
-
-def results_table(results: list[dict[str, Any]], opts: BenchOptions, precision: str) -> Any:
-    """The results as a rich table (ratios to TRL in the same group; targets marked)."""
-    from rich.table import Table
-
-    table = Table(title=bench_title(opts, precision))
-    memory = "GPU MB" if any(r.get("peak_gpu_mb") for r in results) else "RSS MB"
-    names = max((len(r["config"]) for r in results), default=6)  # full names; others give way
-    for col in ("config", "vocab x len", "median s", "mean s", "tok/s", memory, "x TRL",
-                "mem x TRL", "targets"):  # fmt: skip
-        table.add_column(
-            col,
-            justify="left" if col in ("config", "targets") else "right",
-            no_wrap=col == "config",
-            min_width=names if col == "config" else None,
-        )
-    for r in results:
-        shape = _shape(r)
-        if "error" in r:
-            table.add_row(r["config"], shape, *["-"] * 6, f"[red]{escape(r['error'])}[/]")
-            continue
-        ratio, mem = r["ratio_to_trl"], r["memory_to_trl"]
-        table.add_row(r["config"], shape, f"{r['median_step_s']:.2f}", f"{r['mean_step_s']:.2f}",
-                      f"{r['tokens_per_s']:.0f}", f"{_peak(r):.0f}",
-                      "-" if ratio is None else f"{ratio:.2f}",
-                      "-" if mem is None else f"{mem:.2f}", _marks(r))  # fmt: skip
-    return table
-
-
-def markdown_table(results: list[dict[str, Any]]) -> str:
-    """The results as a Markdown table (for the README)."""
-    memory = "peak GPU MB" if any(r.get("peak_gpu_mb") for r in results) else "peak RSS MB"
-    lines = [f"| config | vocab x tokens | median s/step | mean s/step | tokens/s | {memory} | "
-             "x TRL time | x TRL memory | targets |", "|---" * 9 + "|"]  # fmt: skip
-    for r in results:
-        if "error" in r:
-            lines.append(f"| {r['config']} | {_shape(r)} |" + " - |" * 6 + f" {r['error']} |")
-            continue
-        marks = ", ".join(
-            f"{w} <= {lim:g} {'met' if ok else 'MISSED'}" for w, lim, ok in targets(r)
-        )
-        lines.append(
-            f"| {r['config']} | {_shape(r)} | "
-            f"{r['median_step_s']:.2f} | {r['mean_step_s']:.2f} | {r['tokens_per_s']:.0f} | "
-            f"{_peak(r):.0f} | {_ratio(r['ratio_to_trl'])} | {_ratio(r['memory_to_trl'])} | "
-            f"{marks} |"
-        )
-    return "\n".join(lines)
-
-
-def memory_table(results: list[dict[str, Any]]) -> str:
-    """Where each configuration's memory goes, as a Markdown table (MiB): held when training
-    starts (weights, reference model, runtime), between steps (plus the optimiser state), the
-    peak, and what one step adds on top of what is held between steps."""
-    lines = ["| config | vocab x tokens | at start | between steps | peak | a step adds |",
-             "|---" * 6 + "|"]  # fmt: skip
-    for r in results:
-        if "error" in r:
-            continue
-        between, peak = r.get("between_steps_mb"), _peak(r)
-        step = None if between is None else peak - between
-        cells = [_mb(v) for v in (r.get("setup_mb"), between, peak, step)]
-        lines.append(f"| {r['config']} | {_shape(r)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def bench_title(opts: BenchOptions, precision: str) -> str:
-    """The table's title: pairs, steps, rounds and precision."""
-    return (
-        f"tidpo bench: {opts.batch} pairs, {opts.steps} steps x {opts.repeats} rounds; {precision}"
-    )
-
-
-def _shape(row: dict[str, Any]) -> str:
-    """``"<vocabulary> x <tokens>"``; ``model`` where the model's own vocabulary was used."""
-    return f"{row['vocab_size'] or 'model'} x {row['max_length']}"
-
-
-def _mb(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
-
-
-def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
 
 
 def write_json(results: list[dict[str, Any]], path: Path) -> None:

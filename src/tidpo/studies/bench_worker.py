@@ -3,7 +3,9 @@
 The parent (`tidpo.studies.bench`) starts one worker per configuration and round, so each measures
 its own peak memory. A worker loads the model (or builds it from the model's config with another
 vocabulary size, random weights, when ``--vocab-size`` is given), builds TRL's DPOTrainer or a
-TIDPOTrainer on the rows the parent tokenized, trains ``warmup + steps`` optimiser steps and writes
+TIDPOTrainer on the rows the parent tokenized, trains ``warmup + steps`` optimiser steps (rounded
+up to whole refresh windows, `schedule`) as one shuffled epoch over ``batch`` distinct rows per
+step, and writes
 the step times (``on_step_begin`` to ``on_step_end``), the step CPU times and the memory to
 ``--out`` as JSON: the peak, and where it goes, the memory held when training starts (weights,
 reference model, runtime) and between steps (plus the optimiser state); the peak minus the latter is
@@ -23,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONFIGS", "TIDPO_KNOBS", "main"]
+__all__ = ["ALL_CONFIGS", "CONFIGS", "TIDPO_KNOBS", "main", "schedule"]
 
 CONFIGS = (
     "trl_dpo",
@@ -34,11 +36,20 @@ CONFIGS = (
     "tidpo_precomputed",
     "tidpo_precomputed_all",
 )
+"""The configurations `tidpo bench` runs by default: ``trl_dpo`` (TRL 1.16's DPOTrainer, the anchor
+of the ratios), ``dpo`` (tidpo ``loss=dpo``), ``tidpo_no_triplet`` (``anchor_source=none``),
+``tidpo_refresh1`` and ``tidpo_refresh4`` (full TI-DPO, policy anchors sampled in one ``generate``
+call per refresh window of 1 or 4 steps), ``tidpo_precomputed`` (no triplet, reference log-probs
+precomputed) and ``tidpo_precomputed_all`` (the same on token weights written beforehand by
+`tidpo weights`: ``weighting="column"``, no attribution pass, no reference model)."""
+ALL_CONFIGS = (*CONFIGS, "tidpo_sparse4")
+"""Also ``tidpo_sparse4`` (``--configs``): the triplet every 4th step only, weight 4 * gamma."""
 TIDPO_KNOBS: dict[str, dict[str, Any]] = {
     "dpo": {"loss": "dpo"},
     "tidpo_no_triplet": {"loss": "tidpo", "anchor_source": "none"},
     "tidpo_refresh1": {"loss": "tidpo", "anchor_refresh_steps": 1},
     "tidpo_refresh4": {"loss": "tidpo", "anchor_refresh_steps": 4},
+    "tidpo_sparse4": {"loss": "tidpo", "anchor_refresh_steps": 4, "anchor_refresh_mode": "sparse"},
     "tidpo_precomputed": {"loss": "tidpo", "anchor_source": "none", "precompute_ref": True},
     "tidpo_precomputed_all": {
         "loss": "tidpo",
@@ -48,6 +59,14 @@ TIDPO_KNOBS: dict[str, dict[str, Any]] = {
     },
 }
 """TIDPOConfig fields of each tidpo configuration (``trl_dpo`` is TRL's own trainer)."""
+
+
+def schedule(config: str, warmup: int, steps: int) -> tuple[int, int]:
+    """``(warmup, steps)`` of ``config``: with ``anchor_refresh_steps`` k both rounded up to a
+    multiple of k, so the timed steps are whole refresh windows (each window starts with the
+    step that samples its anchors) and the mean step time is the amortised one."""
+    k = int(TIDPO_KNOBS.get(config, {}).get("anchor_refresh_steps", 1))
+    return -(-warmup // k) * k, -(-steps // k) * k
 
 
 def resident_mb() -> float | None:
@@ -154,7 +173,11 @@ def _worker(ns: argparse.Namespace) -> None:
     from tidpo.training.precision import choose_precision
     from tidpo.training.settings import DEFAULTS, RunOptions, build_config
 
-    rows = json.loads(Path(ns.rows).read_text())
+    warmup, steps = schedule(ns.worker, ns.warmup, ns.steps)
+    total = warmup + steps + (1 if ns.profile else 0)
+    rows = json.loads(Path(ns.rows).read_text())[: ns.batch * total]  # one epoch, none twice
+    if len(rows) < ns.batch * total:
+        raise SystemExit(f"--rows: {len(rows)} rows, {ns.batch * total} needed")
     model_path = Path(ns.model)
     tokenizer = load_tokenizer(model_path)
     model = _model(model_path, ns.vocab_size)
@@ -162,13 +185,13 @@ def _worker(ns: argparse.Namespace) -> None:
     if TIDPO_KNOBS.get(ns.worker, {}).get("weighting") == "column":
         _with_weights(rows, model, tokenizer)
     data = Dataset.from_list(rows)
-    total = ns.warmup + ns.steps + (1 if ns.profile else 0)
-    timer = _timer_callback(ns.warmup, Path(ns.profile) if ns.profile else None, total - 1)
+    timer = _timer_callback(warmup, Path(ns.profile) if ns.profile else None, total - 1)
     out_dir = Path(tempfile.mkdtemp(prefix=f"bench-{ns.worker}-"))
     # The same settings for TRL and tidpo: the `tidpo train` job's (its learning rate, seed and
-    # anchor length), a constant rate, AdamW, beta 0.1, the bench's batch and precision.
+    # anchor length), a constant rate, AdamW, beta 0.1, the bench's batch and precision; the
+    # Trainer's shuffled sampler (the same order on both sides: the same seed).
     run = RunOptions(config={
-        "per_device_train_batch_size": len(rows), "max_steps": total, "max_length": ns.max_length,
+        "per_device_train_batch_size": ns.batch, "max_steps": total, "max_length": ns.max_length,
         "lr_scheduler_type": "constant", "optim": "adamw_torch", "beta": 0.1,
         "save_strategy": "no", "report_to": "none", "disable_tqdm": True,
         "dataloader_num_workers": 0, "activation_checkpointing": ns.checkpointing,
@@ -205,7 +228,7 @@ def _worker(ns: argparse.Namespace) -> None:
     trainer.train()
     sampler = getattr(trainer, "anchor_sampler", None)
     tokens = sum(2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"])
-                 for r in rows)  # fmt: skip
+                 for r in rows) / total  # fmt: skip
     gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     result = {
         "config": ns.worker,
@@ -213,6 +236,10 @@ def _worker(ns: argparse.Namespace) -> None:
         "cpu_s": timer.cpu,
         "tokens_per_step": tokens,
         "anchor_rows": sampler.generated_rows if sampler is not None else 0,
+        "anchor_generate_calls": sampler.generate_calls if sampler is not None else 0,
+        "rows": len(rows),
+        "epochs": trainer.state.epoch,
+        "warmup": warmup,
         "self_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "reference_vocab_size": _vocab(getattr(trainer, "ref_model", None) or model),
         "checkpointing": bool(getattr(model, "is_activation_checkpointing", False)),
@@ -228,10 +255,11 @@ def _worker(ns: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     """``python -m tidpo.studies.bench_worker --worker CONFIG ...`` (one run, by `run_bench`)."""
     p = argparse.ArgumentParser(prog="python -m tidpo.studies.bench_worker")
-    p.add_argument("--worker", choices=CONFIGS, required=True)
+    p.add_argument("--worker", choices=ALL_CONFIGS, required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--rows", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--batch", type=int, default=2)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--max-length", type=int, default=256)

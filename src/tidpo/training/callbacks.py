@@ -18,7 +18,7 @@ from transformers.training_args import TrainingArguments
 
 from tidpo.errors import TidpoError
 
-__all__ = ["MetricsFileCallback", "NonFiniteGuard", "NonFiniteLossError"]
+__all__ = ["MetricsFileCallback", "NonFiniteGuard", "NonFiniteLossError", "rank_means"]
 
 
 class MetricsFileCallback(TrainerCallback):
@@ -89,3 +89,13 @@ class NonFiniteGuard(TrainerCallback):
                 f"{self.in_a_row} non-finite losses in a row at step {state.global_step + 1}; "
                 f"stopping ({last}). Lower the learning rate or check the data."
             )
+
+
+def rank_means(means: dict[str, float]) -> dict[str, float]:
+    """Each metric averaged over the processes that logged it (a collective: every process
+    calls it with its own means; each rank saw its own rows)."""
+    from accelerate.utils import gather_object
+
+    ranks = gather_object([means])
+    keys = sorted({k for m in ranks for k in m})
+    return {k: sum(m[k] for m in ranks if k in m) / sum(k in m for m in ranks) for k in keys}

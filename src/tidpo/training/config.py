@@ -21,6 +21,7 @@ WEIGHTINGS = ("hybrid", "attribution", "prior", "uniform", "random", "softmax_pr
 SPECIAL_TOKENS = ("attribute", "prior", "mean")
 ATTRIBUTION_TARGETS = ("max_logit", "response_logprob")
 PRESETS = ("paper", "released", "special-prior")
+ANCHOR_REFRESH_MODES = ("lookahead", "sparse")
 
 # The released code's values (its config/loss/tidpo.yaml and trainer: RMSprop, warm-up then a
 # constant rate, gradient clipping 10, 64-token anchors), applied by preset="released" to every
@@ -153,8 +154,14 @@ class TIDPOConfig(TrainingArguments):
     anchor_temperature: float = field(default=AnchorSampling.temperature)
     anchor_refresh_steps: int = field(
         default=1,
-        metadata={"help": "Re-sample an anchor once it is this many steps old."},
+        metadata={"help": "k: policy anchors are sampled once per window of k optimiser steps."},
     )
+    anchor_refresh_mode: str = field(
+        default="lookahead",
+        metadata={"help": "lookahead (one generate call samples the anchors of the window's k "
+                  "steps; at most k-1 steps old) | sparse (the triplet on a window's first "
+                  "step only, weight k*gamma)."},
+    )  # fmt: skip
     max_length: int = field(default=512, metadata={"help": "Prompt + response tokens."})
     ref_model: str | None = field(
         default=None, metadata={"help": "Reference model path; None = frozen copy of the policy."}
@@ -263,6 +270,7 @@ class TIDPOConfig(TrainingArguments):
         _check("anchor_temperature", self.anchor_temperature > 0, "> 0", self.anchor_temperature)
         _check("anchor_refresh_steps", self.anchor_refresh_steps >= 1, ">= 1",
                self.anchor_refresh_steps)  # fmt: skip
+        _choice("anchor_refresh_mode", self.anchor_refresh_mode, ANCHOR_REFRESH_MODES)
         _check("max_length", self.max_length >= 2, ">= 2", self.max_length)
         _check("remove_unused_columns", not self.remove_unused_columns,
                "false (tidpo's collator needs its data columns)",

@@ -217,6 +217,7 @@ def step_loss(
     b: int,
     generator: torch.Generator | None = None,
     details: dict[str, Tensor] | None = None,
+    triplet_weight: float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The batch loss (mean over pairs) of ``cfg.loss`` and its metrics (TRL's names and ours).
 
@@ -229,7 +230,9 @@ def step_loss(
     weight but contribute nothing. When ``details`` is a dict it receives the per-token and
     per-pair tensors (detached): ``token_weights`` (unshifted, on the weight span), ``weights``
     (label-aligned), ``ratios``, ``margins`` (weighted
-    log-ratio sums), ``seq_kl``, ``triplet``, ``losses``.
+    log-ratio sums), ``seq_kl``, ``triplet``, ``losses``. ``triplet_weight`` replaces
+    ``cfg.gamma`` for this step (``anchor_refresh_mode="sparse"``); 0 leaves the triplet out
+    (and ``t`` has no anchor rows).
     """
     pol, resp = t.policy_logps, t.response.to(torch.float32)
     ratios = pol - t.ref_logps if t.ref_logps is not None else pol
@@ -271,7 +274,8 @@ def step_loss(
         if special is not None:  # share of each row's weight on special tokens (end of turn)
             share = (w_tok * special).sum(-1) / w_tok.sum(-1).clamp(min=1e-12)
             metrics["weights/special_share"] = _f(share)
-        if cfg.uses_triplet:
+        gamma = cfg.gamma if triplet_weight is None else triplet_weight
+        if cfg.uses_triplet and gamma > 0:
             rmask = t.response
             a_r, a_m = response_aligned(ratios[2 * b :], rmask[2 * b :])
             b_r, b_m = response_aligned(ratios[c], rmask[c])
@@ -279,7 +283,7 @@ def step_loss(
             red: Reduction = "mean" if cfg.triplet_distance == "mean" else "sum"
             d_pos, d_neg = F.triplet_distances(a_r, a_m, b_r, b_m, c_r, c_m, red)
             trip = F.triplet_loss(a_r, a_m, b_r, b_m, c_r, c_m, cfg.triplet_margin, red)
-            loss = loss + cfg.gamma * trip
+            loss = loss + gamma * trip
             out["triplet"] = trip.detach()
             metrics["triplet/loss"] = _f(trip)
             metrics["triplet/d_pos"] = _f(d_pos)

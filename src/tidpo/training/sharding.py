@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,8 +52,8 @@ from tidpo.training.forward import (
 )
 
 __all__ = ["SHARDINGS", "StepModel", "alias_tied", "deepspeed_autocast", "fsdp_autocast",
-           "gathered", "is_partitioned", "register_zero3_head", "sync_from_main",
-           "unwrap_step_model"]  # fmt: skip
+           "gathered", "is_partitioned", "register_zero3_head", "save_step_model",
+           "sync_from_main", "unwrap_step_model"]  # fmt: skip
 
 SHARDINGS = ("ddp", "fsdp2", "zero3")
 """``--sharding``: plain data parallelism, PyTorch FSDP2, DeepSpeed ZeRO stage 3."""
@@ -293,3 +294,17 @@ def alias_tied(state_dict: dict[str, Any], model: nn.Module) -> dict[str, Any]:
         if source != name and source in out and name in out:
             out[name] = out[source]
     return out
+
+
+def save_step_model(step: nn.Module, out: Path, state_dict: dict[str, Any] | None,
+                    tokenizer: Any, args: Any) -> None:  # fmt: skip
+    """Save the model inside a `StepModel` as the Trainer saves an unwrapped one: its weights
+    from ``state_dict`` (the gathered full weights, keyed ``lm.*``; tied embeddings gathered as
+    two copies are aliased again, `alias_tied`), the tokenizer and ``training_args.bin``."""
+    weights = {k.removeprefix("lm."): v for k, v in (state_dict or {}).items()}
+    model: Any = unwrap_step_model(step)
+    weights = alias_tied(weights, model)
+    model.save_pretrained(out, state_dict=weights, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    torch.save(args, out / "training_args.bin")

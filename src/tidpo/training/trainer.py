@@ -17,13 +17,18 @@ from typing import Any
 import torch
 from datasets import Dataset
 from torch import Tensor, nn
-from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
+from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 from tidpo import functional as F
 from tidpo.data import eos_token_ids, pad_token_id
 from tidpo.data.collate import PreferenceCollator
-from tidpo.training.anchors import AnchorSampler
-from tidpo.training.callbacks import MetricsFileCallback, NonFiniteGuard, NonFiniteLossError
+from tidpo.training.anchors import AnchorSampler, AnchorWindowTrainer
+from tidpo.training.callbacks import (
+    MetricsFileCallback,
+    NonFiniteGuard,
+    NonFiniteLossError,
+    rank_means,
+)
 from tidpo.training.config import TIDPOConfig
 from tidpo.training.forward import (
     Forward,
@@ -41,10 +46,10 @@ from tidpo.training.prepare import prepare_dataset
 from tidpo.training.reference import ReferenceCache, live_reference, shared_cache
 from tidpo.training.sharding import (
     StepModel,
-    alias_tied,
     fsdp_autocast,
     gathered,
     register_zero3_head,
+    save_step_model,
     sync_from_main,
     unwrap_step_model,
 )
@@ -58,7 +63,7 @@ def _stack(top: Tensor, bottom: Tensor) -> Tensor:
     return torch.cat([nn.functional.pad(x, (0, width - x.shape[1])) for x in (top, bottom)])
 
 
-class TIDPOTrainer(Trainer):
+class TIDPOTrainer(AnchorWindowTrainer):
     """Trainer for TI-DPO and the baseline preference objectives (``TIDPOConfig.loss``).
 
     Args:
@@ -127,6 +132,7 @@ class TIDPOTrainer(Trainer):
                 eos_token_ids=eos_token_ids(processing_class, model),
                 sampling=args.anchor_sampling,
                 refresh_steps=args.anchor_refresh_steps,
+                mode=args.anchor_refresh_mode,
                 from_=args.anchor_from,
             )
         # FSDP2 / ZeRO-3 shard the weights: they wrap a `StepModel`, whose forward does every
@@ -283,14 +289,19 @@ class TIDPOTrainer(Trainer):
         # "sequence"), see `StepTensors`.
         response = rm[:, 1:]
         seq_kl = ref_lp = anchors = None
-        rows = self._row_key(inputs)
+        rows, sampler, step = self._row_key(inputs), self.anchor_sampler, self.state.global_step
+        gamma = None  # the triplet's weight this step (sparse refresh: k * gamma or 0)
+        if sampler is not None and mode == "train":
+            gamma = sampler.triplet_weight(cfg.gamma, step)
         # One autocast region for the whole step's forwards (sampling included), so autocast
         # casts the policy's weights once per step rather than once per forward call.
         with self.autocast_context():
-            if cfg.uses_triplet and self.anchor_sampler is not None:  # stale rows are sampled
+            if cfg.uses_triplet and sampler is not None and gamma != 0:  # policy anchors
                 policy = model if self.sharded else self.accelerator.unwrap_model(model)
-                anchors = self.anchor_sampler.rows(policy, inputs, self.state.global_step, rows)
-            elif cfg.uses_triplet:
+                anchors = sampler.rows(policy, inputs, step, window=mode == "train")
+                if mode == "train":  # optimiser steps since the anchors were sampled
+                    self._metrics[mode]["anchors/age"].append(step - sampler.last_sampled_at)
+            elif cfg.uses_triplet and sampler is None:  # the data's anchors
                 anchors = (inputs["anchor_input_ids"], inputs["anchor_attention_mask"],
                            inputs["anchor_response_mask"])  # fmt: skip
             # Chosen and rejected rows: one forward (attribution reuses its graph below).
@@ -324,7 +335,7 @@ class TIDPOTrainer(Trainer):
                               ids if cfg.tie_shared_prefix else None,
                               inputs.get("pair_weight"))  # fmt: skip
         details: dict[str, Tensor] = {}
-        loss, metrics = step_loss(cfg, tensors, b, gen, details if return_outputs else None)
+        loss, metrics = step_loss(cfg, tensors, b, gen, details if return_outputs else None, gamma)
         if mode == "train" and not torch.isfinite(loss):
             # No update from this batch: a zero loss that still reaches every trainable
             # parameter (so DDP's reducer is satisfied), then the guard drops the gradients.
@@ -362,20 +373,12 @@ class TIDPOTrainer(Trainer):
     def _save(
         self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None
     ) -> None:
-        """Sharded: save the model inside the `StepModel` (``state_dict``: the gathered full
-        weights, keyed ``lm.*``) as the Trainer saves an unwrapped one."""
+        """Sharded: `tidpo.training.sharding.save_step_model` (the gathered full weights)."""
         if not self.sharded:
             return super()._save(output_dir, state_dict)
-        if not self.args.should_save:
-            return None
-        out = Path(output_dir or str(self.args.output_dir))
-        weights = {k.removeprefix("lm."): v for k, v in (state_dict or {}).items()}
-        model: Any = unwrap_step_model(self.model)  # type: ignore[arg-type]
-        weights = alias_tied(weights, model)  # tied embeddings gathered as two copies
-        model.save_pretrained(out, state_dict=weights, safe_serialization=True)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(out)
-        torch.save(self.args, out / "training_args.bin")
+        if self.args.should_save:
+            out = Path(output_dir or str(self.args.output_dir))
+            save_step_model(self.model, out, state_dict, self.processing_class, self.args)  # type: ignore[arg-type]
         return None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -385,13 +388,7 @@ class TIDPOTrainer(Trainer):
         means = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
         self._metrics[mode].clear()
         if self.accelerator.num_processes > 1:  # each rank saw its own rows: average them
-            from accelerate.utils import gather_object
-
-            ranks = gather_object([means])
-            keys = sorted({k for m in ranks for k in m})
-            means = {
-                k: sum(m[k] for m in ranks if k in m) / sum(k in m for m in ranks) for k in keys
-            }
+            means = rank_means(means)
         logs.update({f"{prefix}{key}": value for key, value in means.items()})
         if mode == "train":
             logs["train/skipped_steps"] = float(self.guard.skipped)
