@@ -121,7 +121,7 @@ def test_keeps_no_probabilities_without_gradients(monkeypatch: pytest.MonkeyPatc
     real = logps_mod._HeadLogProb.apply
 
     def spy(*args: object) -> torch.Tensor:
-        kept.append(bool(args[-1]))
+        kept.append(bool(args[5]))  # (hidden, weight, bias, labels, dtype, keep, rows)
         return real(*args)
 
     monkeypatch.setattr(logps_mod._HeadLogProb, "apply", spy)

@@ -34,6 +34,7 @@ EXTRAS: dict[str, str] = {
     "lm_eval": "lmeval",
     "punkt": "lmeval",
     "langdetect": "lmeval",
+    "liger_kernel": "liger",
 }
 """Top-level module -> the extra of tidpo that installs it."""
 

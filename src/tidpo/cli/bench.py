@@ -34,6 +34,24 @@ def print_results(
                       highlight=False, soft_wrap=True)  # fmt: skip
 
 
+def _anchor_bench(console: Console, opts: Any, json_path: Path | None) -> None:
+    """``--anchors``: the engines' table (`tidpo.studies.bench_anchors`), and its JSON."""
+    from tidpo.studies.bench import write_json
+    from tidpo.studies.bench_anchors import anchor_table, run_anchor_bench
+
+    opts.validate()
+    results = run_anchor_bench(opts, console)
+    head = results[0]
+    title = f"anchor sampling: {head['rows']} rows, {opts.steps} timed calls; " + (
+        f"{head['precision']} on {head['device']}"
+    )
+    console.print(f"{title}\n\n{anchor_table(results)}", markup=False, highlight=False,
+                  soft_wrap=True)  # fmt: skip
+    if json_path is not None:
+        write_json(results, json_path)
+        console.print(f"[green]wrote[/] {json_path}")
+
+
 def bench_command(
     model: Model = None,
     batch: Annotated[int, typer.Option(help="Preference pairs per step.")] = 2,
@@ -65,9 +83,39 @@ def bench_command(
         Path | None,
         typer.Option(help="Folder for a torch.profiler table of one extra step per config."),
     ] = None,
+    shape: Annotated[
+        str,
+        typer.Option(
+            help="model (its own weights) | 135m | 1b: that architecture, random "
+            "weights (SmolLM2-135M's, Llama-3.2-1B's), the model's tokenizer."
+        ),
+    ] = "model",
+    toy: Annotated[
+        bool, typer.Option(hidden=True, help="Scale --shape down (tests, dry runs).")
+    ] = False,
+    op_count: Annotated[
+        bool, typer.Option(help="Count the operators of one extra step (torch.profiler).")
+    ] = False,
+    compile_step: Annotated[
+        bool, typer.Option("--compile", help="torch_compile on both sides (TRL and tidpo).")
+    ] = False,
+    peak_tflops: Annotated[
+        float | None,
+        typer.Option(help="The device's dense peak TFLOP/s for MFU (default: by GPU name)."),
+    ] = None,
+    anchors: Annotated[
+        bool,
+        typer.Option(help="Measure anchor sampling by engine instead (tokens/s of a window)."),
+    ] = False,
+    engines: Annotated[
+        str, typer.Option(help="With --anchors: engines to compare, comma-separated.")
+    ] = "plain,static,compiled",
+    anchor_window: Annotated[
+        int, typer.Option(help="With --anchors: steps of the window (batch x window rows).")
+    ] = 4,
     debug: Debug = False,
 ) -> None:
-    """Benchmark TRL DPO vs tidpo DPO / TI-DPO: step time, tokens/s, peak memory."""
+    """Benchmark TRL DPO vs tidpo DPO / TI-DPO: step time, tokens/s, MFU, peak memory."""
     from tidpo.studies.bench import CONFIGS, BenchError, BenchOptions, run_bench, write_json
     from tidpo.training.precision import choose_precision
 
@@ -83,7 +131,14 @@ def bench_command(
         opts = BenchOptions(model=model, batch=batch, max_length=max_length, steps=steps,
                             warmup=warmup, repeats=repeats, checkpointing=checkpointing,
                             configs=chosen, profile_dir=profile, precision=precision,
-                            large_vocab=large_vocab, large_length=large_length)  # fmt: skip
+                            large_vocab=large_vocab, large_length=large_length, shape=shape,
+                            toy=toy, op_count=op_count, compile=compile_step,
+                            peak_tflops=peak_tflops, anchor_window=anchor_window,
+                            engines=tuple(e.strip() for e in engines.split(",") if e.strip()),
+                            )  # fmt: skip
+        if anchors:
+            _anchor_bench(console, opts, json_path)
+            return
         results = run_bench(opts, console)
         print_results(console, results, opts, choose_precision(precision).describe())
         if json_path is not None:

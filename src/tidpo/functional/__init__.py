@@ -28,7 +28,14 @@ from tidpo.functional.estimators import (
     tgdpo_weights,
     tis_dpo_weights,
 )
-from tidpo.functional.logps import lm_head_logps, per_token_logps, sequential_kl
+from tidpo.functional.logps import (
+    HEAD_IMPLS,
+    HeadSettings,
+    head_settings,
+    lm_head_logps,
+    per_token_logps,
+    sequential_kl,
+)
 from tidpo.functional.losses import triplet_distances, triplet_loss, weighted_dpo_loss
 from tidpo.functional.repairs import (
     blend_weights,
@@ -50,6 +57,8 @@ from tidpo.functional.weights import (
 )
 
 __all__ = [
+    "HEAD_IMPLS",
+    "HeadSettings",
     "attribution_from_graph",
     "attribution_weights",
     "blend_weights",
@@ -59,6 +68,7 @@ __all__ = [
     "dpo_loss",
     "fallback_rows",
     "gaussian_prior",
+    "head_settings",
     "hinge_loss",
     "hybrid_weights",
     "ipo_loss",

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["lm_head_logps", "per_token_logps", "sequential_kl"]
+__all__ = ["HEAD_IMPLS", "HeadSettings", "head_settings", "lm_head_logps", "per_token_logps",
+           "sequential_kl"]  # fmt: skip
 
 # Number of token positions turned into fp32 at once (x vocabulary size floats).
 _CHUNK = 256
@@ -18,9 +23,54 @@ _CHUNK = 256
 _KEEP_PROBS = 1 << 26
 
 
+HEAD_IMPLS = ("tidpo", "liger")
+"""Implementations of `lm_head_logps`: tidpo's chunked head (every device) or Liger-Kernel's
+fused linear cross-entropy (Triton: CUDA only, the ``liger`` extra)."""
+
+
+@dataclass(frozen=True)
+class HeadSettings:
+    """How `lm_head_logps` runs when its caller does not say (`head_settings` sets them).
+
+    ``chunk_bytes``: the memory budget of one fp32 ``[rows, V]`` chunk. When the softmax of all
+    masked rows fits it, the head runs in ONE chunk (no loop over chunks) and keeps that softmax
+    for the backward (no second projection); else it runs in chunks of the budget, recomputed in
+    the backward. None: about 128 MB chunks (64 to 4096 rows), the softmax kept up to
+    ``_KEEP_PROBS`` elements (256 MB). ``impl``: one of `HEAD_IMPLS`.
+    """
+
+    chunk_bytes: int | None = None
+    impl: str = "tidpo"
+
+
+_DEFAULT = HeadSettings()
+_SETTINGS: contextvars.ContextVar[HeadSettings | None] = contextvars.ContextVar(
+    "tidpo_head_settings", default=None
+)
+
+
+@contextlib.contextmanager
+def head_settings(settings: HeadSettings) -> Iterator[None]:
+    """`lm_head_logps` calls inside the block (forward passes; a backward uses what its forward
+    chose) run with ``settings``."""
+    token = _SETTINGS.set(settings)
+    try:
+        yield
+    finally:
+        _SETTINGS.reset(token)
+
+
 def _rows_per_chunk(vocab: int) -> int:
     """Rows of a ``[rows, vocab]`` chunk of about 32M elements (128 MB in fp32), 64 to 4096."""
     return max(64, min(4096, (1 << 25) // max(vocab, 1)))
+
+
+def _chunk_plan(n: int, vocab: int, chunk_bytes: int | None) -> tuple[int, bool]:
+    """``(rows per chunk, keep the softmax)`` for ``n`` rows over ``vocab`` (`HeadSettings`)."""
+    if chunk_bytes is None:
+        return _rows_per_chunk(vocab), n * vocab <= _KEEP_PROBS
+    rows = max(64, chunk_bytes // (4 * max(vocab, 1)))
+    return rows, n <= rows  # all rows fit: one chunk, its softmax kept
 
 
 class _LabelLogProb(torch.autograd.Function):
@@ -99,8 +149,8 @@ class _HeadLogProb(torch.autograd.Function):
     chunk's logits, turns them into the gradient in place and multiplies it into the gradients of
     the hidden states and the weight chunk by chunk, so no ``[rows, V]`` tensor of all rows is
     ever built (``_rows_per_chunk``: about 32M elements a chunk). With ``keep`` the forward
-    instead stores the softmax of every row (the caller checks it fits ``_KEEP_PROBS``) and the
-    backward reads it rather than projecting again.
+    instead stores the softmax of every row (the caller checks it fits its budget: `_chunk_plan`)
+    and the backward reads it rather than projecting again. ``rows``: rows per chunk.
     """
 
     @staticmethod
@@ -112,6 +162,7 @@ class _HeadLogProb(torch.autograd.Function):
         labels: Tensor,
         dtype: torch.dtype,
         keep: bool,
+        rows: int,
     ) -> Tensor:
         h, w = hidden.to(dtype), weight.to(dtype)
         b = bias.to(dtype) if bias is not None else None
@@ -120,7 +171,6 @@ class _HeadLogProb(torch.autograd.Function):
         out = torch.empty(n, dtype=acc, device=h.device)
         lse = torch.empty(n, dtype=acc, device=h.device)
         probs = torch.empty((n, w.shape[0]), dtype=acc, device=h.device) if keep else None
-        rows = _rows_per_chunk(w.shape[0])
         with torch.autocast(h.device.type, enabled=False):
             for start in range(0, n, rows):
                 sl = slice(start, start + rows)
@@ -131,8 +181,7 @@ class _HeadLogProb(torch.autograd.Function):
                 if probs is not None:
                     torch.exp(logp, out=probs[sl])
         ctx.save_for_backward(h, weight, bias, labels, lse, probs)
-        ctx.dtype = dtype
-        ctx.hidden_dtype = hidden.dtype
+        ctx.dtype, ctx.hidden_dtype, ctx.rows = dtype, hidden.dtype, rows
         return out.float()
 
     @staticmethod
@@ -146,7 +195,7 @@ class _HeadLogProb(torch.autograd.Function):
         grad_h = torch.empty_like(h, dtype=ctx.hidden_dtype) if need_h else None
         grad_w = torch.zeros(w.shape, dtype=acc, device=h.device) if need_w else None
         grad_b = torch.zeros(w.shape[0], dtype=acc, device=h.device) if need_b else None
-        rows = _rows_per_chunk(w.shape[0])
+        rows = ctx.rows
         with torch.autocast(h.device.type, enabled=False):
             for start in range(0, h.shape[0], rows):
                 sl = slice(start, start + rows)
@@ -167,11 +216,33 @@ class _HeadLogProb(torch.autograd.Function):
                     grad_b.add_(g.sum(0))
         grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
         grad_b = grad_b.to(bias.dtype) if grad_b is not None and bias is not None else None
-        return grad_h, grad_w, grad_b, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None
+
+
+def _liger_values(rows: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor,
+                  dtype: torch.dtype) -> Tensor:  # fmt: skip
+    """log softmax(h W^T + b)[label] of each row by Liger-Kernel's fused linear cross-entropy
+    (``reduction="none"``: the per-token loss is -log p, its backward takes a per-token
+    gradient). Triton kernels: CUDA tensors only."""
+    if rows.device.type != "cuda":
+        raise RuntimeError("the liger head runs on CUDA only (Triton kernels)")
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    b = bias.to(dtype) if bias is not None else None
+    with torch.autocast("cuda", enabled=False):
+        loss = liger_fused_linear_cross_entropy(
+            rows.to(dtype), weight.to(dtype), labels, b, reduction="none", accum_dtype=torch.float32
+        )
+    return -loss.float()  # fmt: skip
 
 
 def lm_head_logps(
-    hidden: Tensor, weight: Tensor, labels: Tensor, mask: Tensor, bias: Tensor | None = None
+    hidden: Tensor,
+    weight: Tensor,
+    labels: Tensor,
+    mask: Tensor,
+    bias: Tensor | None = None,
+    settings: HeadSettings | None = None,
 ) -> Tensor:
     """Per-token log-probabilities log pi(y_t | x, y_<t) straight from the final hidden states.
 
@@ -180,7 +251,10 @@ def lm_head_logps(
     ``per_token_logps(lm_head(hidden), labels, mask)`` but without ever materialising the
     ``[B, T, V]`` logits: only positions where ``mask`` is 1 are projected, a chunk of rows at a
     time, and the backward recomputes each chunk instead of storing it, unless the softmax of all
-    masked rows fits ``_KEEP_PROBS`` elements: then the forward keeps it (one matmul saved).
+    masked rows fits the budget: then the forward runs in one chunk and keeps it (one matmul
+    saved). ``settings`` (default: those of `head_settings`, else `HeadSettings()`) give the
+    budget and the implementation: ``impl="liger"`` computes the same values with Liger-Kernel
+    (CUDA only).
 
     Args:
         hidden: ``[B, T, H]`` final hidden states (after the last norm); ``hidden[:, t]`` scores
@@ -200,9 +274,14 @@ def lm_head_logps(
     mask_b = mask.bool()
     rows = hidden[mask_b]
     safe = labels[mask_b].clamp(0, weight.shape[0] - 1)
-    grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    keep = grads and rows.shape[0] * weight.shape[0] <= _KEEP_PROBS
-    values = _HeadLogProb.apply(rows, weight, bias, safe, _compute_dtype(hidden), keep)
+    opts = settings or _SETTINGS.get() or _DEFAULT
+    if opts.impl == "liger":
+        values = _liger_values(rows, weight, bias, safe, _compute_dtype(hidden))
+    else:
+        grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+        per_chunk, fits = _chunk_plan(rows.shape[0], weight.shape[0], opts.chunk_bytes)
+        values = _HeadLogProb.apply(rows, weight, bias, safe, _compute_dtype(hidden),
+                                    grads and fits, per_chunk)  # fmt: skip
     out = torch.zeros((b, t), dtype=torch.float32, device=hidden.device)
     return out.masked_scatter(mask_b, values)
 

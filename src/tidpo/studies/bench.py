@@ -27,6 +27,13 @@ What is measured, and how (the same for every configuration; docs/performance.md
 * **Large vocabulary** (``large_vocab``, e.g. 128256 as in Llama 3): the same model's shape with
   that many tokens, random weights (no download), ``large_length`` tokens per sequence, TRL
   against full TI-DPO; there TI-DPO's peak memory is held to half of TRL's.
+* **Shapes** (``shape``): ``model`` (the model's own weights) or a named architecture built from a
+  config with random weights (`tidpo.studies.bench_shapes`: ``135m``, ``1b``), the tokenizer the
+  model's; ``toy`` scales it down (tests, dry runs).
+* **FLOPs** (`tidpo.studies.bench_flops`): every row has the model FLOPs of an average step and
+  its MFU against the device's dense peak (``peak_tflops`` or the table's); ``op_count`` adds
+  the operators of one extra step (`tidpo.studies.bench_profile`); ``compile`` runs both sides
+  with ``torch_compile``.
 
 Configurations: `tidpo.studies.bench_worker.CONFIGS` (``tidpo_sparse4`` on request).
 """
@@ -88,6 +95,13 @@ class BenchOptions:
     large_vocab: int | None = None
     large_length: int = 1024
     profile_dir: Path | None = None
+    shape: str = "model"
+    toy: bool = False
+    op_count: bool = False
+    compile: bool = False
+    peak_tflops: float | None = None
+    engines: tuple[str, ...] = ("plain", "static", "compiled")
+    anchor_window: int = 4
     work_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -106,6 +120,22 @@ class BenchOptions:
                                  ("large-vocab", self.large_vocab or 1, 1)):  # fmt: skip
             if value < low:
                 raise BenchError(f"--{name}: must be >= {low}; got {value}")
+        from tidpo.studies.bench_shapes import SHAPES
+
+        if self.shape not in ("model", *SHAPES):
+            raise BenchError(f"--shape: must be model, {', '.join(SHAPES)}; got {self.shape!r}")
+        if self.toy and self.shape == "model":
+            raise BenchError("--toy: scales a named --shape down; give --shape 135m or 1b")
+        from tidpo.training.speed_options import ANCHOR_ENGINES
+
+        bad = [e for e in self.engines if e not in ANCHOR_ENGINES[1:]]
+        if bad or not self.engines:
+            raise BenchError(f"--engines: choose from {', '.join(ANCHOR_ENGINES[1:])}; got "
+                             f"{','.join(self.engines)!r}")  # fmt: skip
+        if self.anchor_window < 1:
+            raise BenchError(f"--anchor-window: must be >= 1; got {self.anchor_window}")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise BenchError(f"--peak-tflops: must be > 0; got {self.peak_tflops}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise BenchError(f"--precision: must be auto, fp32, bf16 or fp16; got {self.precision}")
 
@@ -169,6 +199,10 @@ def _run_worker(config: str, opts: BenchOptions, model: Path, group: _Group, wor
         cmd += ["--vocab-size", str(group.vocab_size)]
     if opts.checkpointing:
         cmd.append("--checkpointing")
+    if group.vocab_size is None and opts.shape != "model":  # the large-vocabulary group: model's
+        cmd += ["--shape", opts.shape] + (["--toy"] if opts.toy else [])
+    cmd += ["--op-count"] if opts.op_count else []
+    cmd += ["--compile"] if opts.compile else []
     if opts.profile_dir is not None:
         cmd += ["--profile", str(opts.profile_dir / f"{group.name}-{config}.txt")]
     offline = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -234,7 +268,8 @@ def run_bench(opts: BenchOptions, console: Any = None) -> list[dict[str, Any]]:
                             console.print(
                                 f"[red]{escape(str(err))}[/]\n" + escape("\n".join(err.tail))
                             )
-            results += _summarise({c: r for c, r in runs.items() if c not in failed}, group)
+            results += _summarise({c: r for c, r in runs.items() if c not in failed}, group,
+                                  opts.peak_tflops)  # fmt: skip
             results += [{"config": c, "group": group.name, "max_length": group.max_length,
                          "vocab_size": group.vocab_size, "error": e}
                         for c, e in failed.items()]  # fmt: skip
@@ -246,12 +281,15 @@ def _group(work: Path, name: str, configs: tuple[str, ...], tokenizer: Any, opts
     """The group's rows: ``batch`` distinct rows for every step of its longest configuration."""
     steps = max(sum(schedule(c, opts.warmup, opts.steps)) for c in configs)
     rows = work / f"rows-{length}.json"
-    extra = 1 if opts.profile_dir is not None else 0
+    extra = 1 if opts.profile_dir is not None or opts.op_count else 0
     rows.write_text(json.dumps(bench_rows(tokenizer, opts.batch * (steps + extra), length)))
     return _Group(name, configs, rows, length, vocab)
 
 
-def _summarise(runs: dict[str, list[dict[str, Any]]], group: _Group) -> list[dict[str, Any]]:
+def _summarise(runs: dict[str, list[dict[str, Any]]], group: _Group,
+               peak: float | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    from tidpo.studies.bench_flops import mfu, peak_tflops
+
     results = []
     for config, parts in runs.items():
         steps = [s for p in parts for s in p["step_s"]]
@@ -282,12 +320,27 @@ def _summarise(runs: dict[str, list[dict[str, Any]]], group: _Group) -> list[dic
             "checkpointing": parts[0].get("checkpointing"),
             "setup_mb": _largest(p.get("setup_mb") for p in parts),
             "between_steps_mb": _largest(p.get("between_steps_mb") for p in parts),
+            "shape": parts[0].get("shape"),
+            "params": parts[0].get("params"),
+            "device_name": parts[0].get("device_name"),
+            "torch_compile": parts[0].get("torch_compile"),
+            "flops_per_step": parts[0].get("flops_per_step"),
+            "peak_tflops": peak or peak_tflops(parts[0].get("device_name"),
+                                               parts[0].get("precision") or "fp32"),
+            "op_counts": parts[0].get("op_counts"),
         })  # fmt: skip
     trl = next((r for r in results if r["config"] == "trl_dpo"), None)
     for r in results:
         key = "mean_step_s" if r["config"] in MEAN_TARGETS else "median_step_s"
         r["ratio_to_trl"] = r[key] / trl[key] if trl else None
         r["memory_to_trl"] = _peak(r) / _peak(trl) if trl else None
+        r["mfu"] = mfu(r["flops_per_step"], r[key], r["peak_tflops"])
+        ops, trl_ops = r.get("op_counts"), (trl or {}).get("op_counts")
+        r["kernel_ops_to_trl"] = (
+            ops["kernel_ops"] / trl_ops["kernel_ops"]
+            if ops is not None and trl_ops is not None and trl_ops["kernel_ops"]
+            else None
+        )
     return results
 
 

@@ -51,8 +51,8 @@ def results_table(results: list[dict[str, Any]], opts: Any, precision: str) -> A
     table = Table(title=bench_title(opts, precision))
     memory = "GPU MB" if any(r.get("peak_gpu_mb") for r in results) else "RSS MB"
     names = max((len(r["config"]) for r in results), default=6)  # full names; others give way
-    for col in ("config", "vocab x len", "median s", "mean s", "tok/s", memory, "x TRL",
-                "mem x TRL", "targets"):  # fmt: skip
+    for col in ("config", "vocab x len", "median s", "mean s", "tok/s", "MFU", memory, "x TRL",
+                "mem x TRL", "ops (x TRL)", "targets"):  # fmt: skip
         table.add_column(
             col,
             justify="left" if col in ("config", "targets") else "right",
@@ -62,24 +62,25 @@ def results_table(results: list[dict[str, Any]], opts: Any, precision: str) -> A
     for r in results:
         shape = _shape(r)
         if "error" in r:
-            table.add_row(r["config"], shape, *["-"] * 6, f"[red]{escape(r['error'])}[/]")
+            table.add_row(r["config"], shape, *["-"] * 8, f"[red]{escape(r['error'])}[/]")
             continue
         ratio, mem = r["ratio_to_trl"], r["memory_to_trl"]
         table.add_row(r["config"], shape, f"{r['median_step_s']:.2f}", f"{r['mean_step_s']:.2f}",
-                      f"{r['tokens_per_s']:.0f}", f"{_peak(r):.0f}",
+                      f"{r['tokens_per_s']:.0f}", _mfu(r), f"{_peak(r):.0f}",
                       "-" if ratio is None else f"{ratio:.2f}",
-                      "-" if mem is None else f"{mem:.2f}", _marks(r))  # fmt: skip
+                      "-" if mem is None else f"{mem:.2f}", _ops(r), _marks(r))  # fmt: skip
     return table
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
     """The results as a Markdown table (for the README)."""
     memory = "peak GPU MB" if any(r.get("peak_gpu_mb") for r in results) else "peak RSS MB"
-    lines = [f"| config | vocab x tokens | median s/step | mean s/step | tokens/s | {memory} | "
-             "x TRL time | x TRL memory | targets |", "|---" * 9 + "|"]  # fmt: skip
+    lines = [f"| config | vocab x tokens | median s/step | mean s/step | tokens/s | MFU | "
+             f"{memory} | x TRL time | x TRL memory | kernel ops/step (x TRL) | targets |",
+             "|---" * 11 + "|"]  # fmt: skip
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['config']} | {_shape(r)} |" + " - |" * 6 + f" {r['error']} |")
+            lines.append(f"| {r['config']} | {_shape(r)} |" + " - |" * 8 + f" {r['error']} |")
             continue
         marks = ", ".join(
             f"{w} <= {lim:g} {'met' if ok else 'MISSED'}" for w, lim, ok in targets(r)
@@ -87,8 +88,8 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['config']} | {_shape(r)} | "
             f"{r['median_step_s']:.2f} | {r['mean_step_s']:.2f} | {r['tokens_per_s']:.0f} | "
-            f"{_peak(r):.0f} | {_ratio(r['ratio_to_trl'])} | {_ratio(r['memory_to_trl'])} | "
-            f"{marks} |"
+            f"{_mfu(r)} | {_peak(r):.0f} | {_ratio(r['ratio_to_trl'])} | "
+            f"{_ratio(r['memory_to_trl'])} | {_ops(r)} | {marks} |"
         )
     return "\n".join(lines)
 
@@ -117,8 +118,24 @@ def bench_title(opts: Any, precision: str) -> str:
 
 
 def _shape(row: dict[str, Any]) -> str:
-    """``"<vocabulary> x <tokens>"``; ``model`` where the model's own vocabulary was used."""
-    return f"{row['vocab_size'] or 'model'} x {row['max_length']}"
+    """``"<vocabulary> x <tokens>"``; the shape's name (``model``: the model's own) where its
+    own vocabulary was used."""
+    return f"{row['vocab_size'] or row.get('shape') or 'model'} x {row['max_length']}"
+
+
+def _mfu(row: dict[str, Any]) -> str:
+    """MFU in percent, ``-`` without a known peak."""
+    value = row.get("mfu")
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _ops(row: dict[str, Any]) -> str:
+    """``kernel_ops (x TRL)`` of the operator count (``--op-count``), ``-`` without it."""
+    ops = row.get("op_counts")
+    if not ops:
+        return "-"
+    ratio = row.get("kernel_ops_to_trl")
+    return f"{ops['kernel_ops']}" + ("" if ratio is None else f" ({ratio:.2f})")
 
 
 def _mb(value: float | None) -> str:

@@ -2,7 +2,8 @@
 
 The parent (`tidpo.studies.bench`) starts one worker per configuration and round, so each measures
 its own peak memory. A worker loads the model (or builds it from the model's config with another
-vocabulary size, random weights, when ``--vocab-size`` is given), builds TRL's DPOTrainer or a
+vocabulary size, random weights, when ``--vocab-size`` is given; or a named shape,
+`tidpo.studies.bench_shapes`, with ``--shape``), builds TRL's DPOTrainer or a
 TIDPOTrainer on the rows the parent tokenized, trains ``warmup + steps`` optimiser steps (rounded
 up to whole refresh windows, `schedule`) as one shuffled epoch over ``batch`` distinct rows per
 step, and writes
@@ -10,7 +11,9 @@ the step times (``on_step_begin`` to ``on_step_end``), the step CPU times and th
 ``--out`` as JSON: the peak, and where it goes, the memory held when training starts (weights,
 reference model, runtime) and between steps (plus the optimiser state); the peak minus the latter is
 what one step adds (gradients, activations, logits). On a GPU these are allocated CUDA bytes, else
-the process's resident memory.
+the process's resident memory. The JSON also holds the model FLOPs of an average step
+(`tidpo.studies.bench_flops`) and, with ``--op-count``, the operators of one extra step
+(`tidpo.studies.bench_profile`).
 """
 
 from __future__ import annotations
@@ -79,9 +82,14 @@ def resident_mb() -> float | None:
     return float(psutil.Process().memory_info().rss) / 2**20
 
 
-def _timer_callback(warmup: int, profile: Path | None, last: int) -> Any:
+def _timer_callback(warmup: int, profile: Path | None, last: int, count_ops: bool = False) -> Any:
     import torch
     from transformers import TrainerCallback
+
+    from tidpo.studies.bench_profile import op_counts, start_profiler, write_profile
+
+    cuda = torch.cuda.is_available()
+    extra = profile is not None or count_ops  # one untimed step, profiled, after the timed ones
 
     class StepTimer(TrainerCallback):
         """Seconds from ``on_step_begin`` to ``on_step_end`` of every step after the warm-up."""
@@ -94,6 +102,7 @@ def _timer_callback(warmup: int, profile: Path | None, last: int) -> Any:
             self.prof: Any = None
             self.setup_mb: float | None = None
             self.between_mb: float | None = None
+            self.ops: dict[str, int] | None = None
 
         def _sync(self) -> None:
             if torch.cuda.is_available():
@@ -103,9 +112,8 @@ def _timer_callback(warmup: int, profile: Path | None, last: int) -> Any:
             self.setup_mb = resident_mb()
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if profile is not None and self.index == last:
-                self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-                self.prof.start()
+            if extra and self.index == last:
+                self.prof = start_profiler(cuda)
             self._sync()
             self.start, self.start_cpu = time.perf_counter(), time.process_time()
 
@@ -116,14 +124,10 @@ def _timer_callback(warmup: int, profile: Path | None, last: int) -> Any:
             self.between_mb = resident_mb()  # after the optimiser step and zero_grad
             if self.prof is not None:
                 self.prof.stop()
-                assert profile is not None
-                profile.parent.mkdir(parents=True, exist_ok=True)
-                avg = self.prof.key_averages()
-                profile.write_text(
-                    f"step {self.index} (not counted): {seconds:.2f} s\n\nby total time\n"
-                    + avg.table(sort_by="cpu_time_total", row_limit=45)
-                    + "\n\nby self time\n" + avg.table(sort_by="self_cpu_time_total", row_limit=30)
-                )  # fmt: skip
+                self.ops = op_counts(self.prof)
+                if profile is not None:
+                    write_profile(self.prof, profile, f"step {self.index} (not counted): "
+                                  f"{seconds:.2f} s; {self.ops}", cuda)  # fmt: skip
                 self.prof = None
             elif self.index >= warmup:
                 self.steps.append(seconds)
@@ -133,13 +137,19 @@ def _timer_callback(warmup: int, profile: Path | None, last: int) -> Any:
     return StepTimer()
 
 
-def _model(path: Path, vocab_size: int | None) -> Any:
-    """The model at ``path``, or its architecture with ``vocab_size`` tokens (random, seeded)."""
+def _model(path: Path, vocab_size: int | None, shape: str = "model", toy: bool = False,
+           tokenizer: Any = None, device: str = "cpu") -> Any:  # fmt: skip
+    """The model at ``path``, or its architecture with ``vocab_size`` tokens (random, seeded), or
+    the named ``shape`` (`tidpo.studies.bench_shapes.build_model`: random, on ``device``)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from tidpo.training.models import load_causal_lm
 
+    if shape != "model":
+        from tidpo.studies.bench_shapes import build_model
+
+        return build_model(shape, toy, tokenizer, device)
     if vocab_size is None:
         return load_causal_lm(path, dtype=torch.float32)
     config = AutoConfig.from_pretrained(str(path))
@@ -174,18 +184,19 @@ def _worker(ns: argparse.Namespace) -> None:
     from tidpo.training.settings import DEFAULTS, RunOptions, build_config
 
     warmup, steps = schedule(ns.worker, ns.warmup, ns.steps)
-    total = warmup + steps + (1 if ns.profile else 0)
+    total = warmup + steps + (1 if ns.profile or ns.op_count else 0)
     rows = json.loads(Path(ns.rows).read_text())[: ns.batch * total]  # one epoch, none twice
     if len(rows) < ns.batch * total:
         raise SystemExit(f"--rows: {len(rows)} rows, {ns.batch * total} needed")
     model_path = Path(ns.model)
     tokenizer = load_tokenizer(model_path)
-    model = _model(model_path, ns.vocab_size)
     precision = choose_precision(ns.precision)
+    model = _model(model_path, ns.vocab_size, ns.shape, ns.toy, tokenizer, precision.device)
     if TIDPO_KNOBS.get(ns.worker, {}).get("weighting") == "column":
         _with_weights(rows, model, tokenizer)
     data = Dataset.from_list(rows)
-    timer = _timer_callback(warmup, Path(ns.profile) if ns.profile else None, total - 1)
+    timer = _timer_callback(warmup, Path(ns.profile) if ns.profile else None, total - 1,
+                            ns.op_count)  # fmt: skip
     out_dir = Path(tempfile.mkdtemp(prefix=f"bench-{ns.worker}-"))
     # The same settings for TRL and tidpo: the `tidpo train` job's (its learning rate, seed and
     # anchor length), a constant rate, AdamW, beta 0.1, the bench's batch and precision; the
@@ -196,6 +207,7 @@ def _worker(ns: argparse.Namespace) -> None:
         "save_strategy": "no", "report_to": "none", "disable_tqdm": True,
         "dataloader_num_workers": 0, "activation_checkpointing": ns.checkpointing,
         "use_cpu": precision.device == "cpu", "precision": precision.name,
+        "torch_compile": ns.compile,
     })  # fmt: skip
     trainer: Any
     if ns.worker == "trl_dpo":
@@ -214,7 +226,8 @@ def _worker(ns: argparse.Namespace) -> None:
                             loss_type=["sigmoid"], precompute_ref_log_probs=False)  # fmt: skip
         # Without ``ref_model`` TRL loads the reference from the model folder: at another vocabulary
         # size that is a different, smaller model, so give it a copy of the policy (as tidpo's).
-        ref = copy.deepcopy(model) if ns.vocab_size is not None else None
+        built = ns.vocab_size is not None or ns.shape != "model"
+        ref = copy.deepcopy(model) if built else None
         trainer = PretokenizedDPOTrainer(model=model, ref_model=ref, args=cfg, train_dataset=data,
                                          processing_class=tokenizer, callbacks=[timer])  # fmt: skip
     else:
@@ -248,8 +261,35 @@ def _worker(ns: argparse.Namespace) -> None:
         "peak_gpu_mb": gpu,
         "precision": precision.name,
         "device": precision.device,
+        "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "shape": ns.shape + ("-toy" if ns.toy else ""),
+        "params": sum(p.numel() for p in model.parameters()),
+        "flops_per_step": _flops(trainer, model, rows, total, sampler),
+        "op_counts": timer.ops,
+        "torch_compile": ns.compile,
     }
     Path(ns.out).write_text(json.dumps(result))
+
+
+def _flops(trainer: Any, model: Any, rows: list[dict[str, Any]], total: int, sampler: Any
+           ) -> float:  # fmt: skip
+    """Model FLOPs of an average step of the run (`tidpo.studies.bench_flops.step_flops`)."""
+    from tidpo.studies.bench_flops import ModelShape, step_flops
+
+    cfg = trainer.args
+    tidpo = hasattr(cfg, "uses_reference")  # TRL's DPOConfig: a live reference, no attribution
+    lengths = [
+        len(r["prompt_ids"]) + len(r[k]) for r in rows for k in ("chosen_ids", "rejected_ids")
+    ]
+    anchors = None
+    if sampler is not None and sampler.generated_rows:
+        n = sampler.generated_rows
+        anchors = (float(n), sampler.context_tokens / n, sampler.generated_tokens / n)
+    shape = ModelShape.from_config(getattr(model, "module", model).config)
+    # the whole run's rows and anchors as one "step", then per step
+    return step_flops(shape, [float(t) for t in lengths], anchors=anchors,
+                      reference=not tidpo or (cfg.uses_reference and not cfg.precompute_ref),
+                      attribution=tidpo and cfg.needs_attribution) / total  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -267,6 +307,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vocab-size", type=int, default=None)
     p.add_argument("--checkpointing", action="store_true")
     p.add_argument("--profile", default=None)
+    p.add_argument("--op-count", action="store_true")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--shape", default="model", choices=("model", "135m", "1b"))
+    p.add_argument("--toy", action="store_true")
     _worker(p.parse_args(argv))
 
 

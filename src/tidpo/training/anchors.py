@@ -39,7 +39,7 @@ from transformers import Trainer
 
 from tidpo.data.collate import right_pad
 from tidpo.training.config import AnchorSampling
-from tidpo.training.generation import generate
+from tidpo.training.generation import generate, resolve_engine
 
 __all__ = ["AnchorSampler", "AnchorWindowTrainer"]
 
@@ -66,7 +66,9 @@ class AnchorSampler:
 
     ``from_`` is ``"prompt"`` (the released code's choice: sample from the prompt alone) or
     ``"chosen_prefix"`` (the paper's wording: continue the first half of the chosen response).
-    ``refresh_steps`` and ``mode`` are ``anchor_refresh_steps`` and ``anchor_refresh_mode``.
+    ``refresh_steps`` and ``mode`` are ``anchor_refresh_steps`` and ``anchor_refresh_mode``;
+    ``engine`` is ``anchor_engine`` (`tidpo.training.generation.resolve_engine`: ``auto`` is the
+    compiled static-cache decoding on a GPU, unless sharded).
     """
 
     pad_token_id: int
@@ -75,7 +77,12 @@ class AnchorSampler:
     refresh_steps: int = 1
     mode: str = "lookahead"
     from_: str = "prompt"
+    engine: str = "auto"
     generated_rows: int = 0
+    generated_tokens: int = 0
+    """New tokens sampled (the anchors' lengths, end-of-sequence included)."""
+    context_tokens: int = 0
+    """Tokens of the contexts the anchors continued (prompts, and prefixes)."""
     generate_calls: int = 0
     last_sampled_at: int = -1
     """The step at which the anchors last returned by `rows` were sampled."""
@@ -118,14 +125,18 @@ class AnchorSampler:
     def _sample(self, model: nn.Module, todo: list[_Batch], step: int) -> None:
         """Anchors for every row of ``todo``, in one ``generate`` call."""
         contexts = [c for b in todo for c in b.contexts]
+        device = next(model.parameters()).device
+        engine = resolve_engine(self.engine, device, sharded=self.any_stale is not None)
         out = generate(model, contexts, self.pad_token_id, self.eos_token_ids,
                        max_new_tokens=self.sampling.max_new_tokens,
-                       sampling=self.sampling.generate_kwargs)  # fmt: skip
+                       sampling=self.sampling.generate_kwargs, engine=engine)  # fmt: skip
         tokens: Iterator[list[int]] = iter(out.tokens)
         for b in todo:
             b.anchors = [prefix + next(tokens) for prefix in b.prefixes]
             b.sampled_at = step
         self.generated_rows += len(contexts)
+        self.generated_tokens += sum(len(t) for t in out.tokens)
+        self.context_tokens += sum(len(c) for c in contexts)
         self.generate_calls += 1
 
     def _take(self, model: nn.Module, batch: dict[str, Tensor], step: int, window: bool) -> _Batch:

@@ -14,6 +14,7 @@ from tidpo.errors import TidpoError
 from tidpo.training.estimator_options import token_option_problems
 from tidpo.training.precision import Precision, PrecisionError, choose_precision
 from tidpo.training.sharding import deepspeed_autocast
+from tidpo.training.speed_options import device_problems, speed_option_problems
 from tidpo.training.values import range_problems, type_problem
 
 LOSSES = ("tidpo", "dpo", "cdpo", "ipo", "hinge", "robust", "simpo", "tdpo")
@@ -162,6 +163,20 @@ class TIDPOConfig(TrainingArguments):
                   "steps; at most k-1 steps old) | sparse (the triplet on a window's first "
                   "step only, weight k*gamma)."},
     )  # fmt: skip
+    anchor_engine: str = field(
+        default="auto",
+        metadata={"help": "auto (compiled on a GPU, plain elsewhere) | plain (dynamic KV cache) "
+                  "| static (static KV cache) | compiled (static cache, compiled decoding)."},
+    )  # fmt: skip
+    lm_head_chunk_mb: int | None = field(
+        default=None,
+        metadata={"help": "Budget (MiB) of one fp32 [rows, vocab] chunk of the fused head (one "
+                  "chunk when all rows fit). None: 1024 on a GPU, about 128 on a CPU."},
+    )  # fmt: skip
+    fused_head: str = field(
+        default="tidpo",
+        metadata={"help": "tidpo | liger (Liger-Kernel's fused linear cross-entropy, CUDA)."},
+    )
     max_length: int = field(default=512, metadata={"help": "Prompt + response tokens."})
     ref_model: str | None = field(
         default=None, metadata={"help": "Reference model path; None = frozen copy of the policy."}
@@ -189,6 +204,9 @@ class TIDPOConfig(TrainingArguments):
         if problems:
             raise ConfigError(problems[0])
         self._resolve_precision(explicit)
+        problems = device_problems(self, self.precision_choice.device)
+        if problems:
+            raise ConfigError(problems[0])
         super().__post_init__()
         deepspeed_autocast(self)  # bf16 under DeepSpeed as one process computes it
 
@@ -280,7 +298,7 @@ class TIDPOConfig(TrainingArguments):
                 "weighting: 'column' weighs the log-ratio margin; loss 'tdpo' has "
                 "none to weigh (use tidpo, dpo, cdpo, robust, hinge, ipo or simpo)"
             )
-        problems = token_option_problems(self)
+        problems = token_option_problems(self) + speed_option_problems(self)
         if problems:
             raise ConfigError(problems[0])
         if self.weighting == "column" and self.special_tokens == "prior":

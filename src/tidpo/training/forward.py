@@ -46,6 +46,7 @@ def output_head(model: nn.Module) -> nn.Linear | None:
     ``output_hidden_states`` (transformers' causal LMs; PEFT wrappers pass them on). None
     otherwise: callers then use the model's own logits.
     """
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper (``torch_compile``)
     inner: Any = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
     get_head = getattr(inner, "get_output_embeddings", None)
     head = get_head() if callable(get_head) else None

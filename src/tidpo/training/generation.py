@@ -4,6 +4,14 @@ The one home of sampling from a model: the anchor sampler (training), explain's 
 evaluation's answers all call `generate`. It runs one batched ``model.generate`` call with the
 KV cache on left-padded prompts, puts the model in eval mode (dropout off) and back, and with
 ``seed`` draws inside `torch.random.fork_rng`, so the caller's random state is untouched.
+
+``engine`` says how the decoding loop runs (`tidpo.training.speed_options.ANCHOR_ENGINES`):
+``plain`` with transformers' dynamic KV cache; ``static`` with its static cache
+(``cache_implementation="static"``), eager; ``compiled`` with the static cache and the decoding
+step compiled by transformers (its `CompileConfig`: ``torch.compile``, "reduce-overhead", i.e.
+CUDA graphs on a GPU; the prefill stays eager). The static cache's length is rounded up to a
+multiple of `CACHE_BUCKET` tokens, so windows of other prompt lengths reuse the compiled step.
+All three compute the same tokens: the same logits up to rounding, the same random draws.
 """
 
 from __future__ import annotations
@@ -18,7 +26,40 @@ from torch import Tensor, nn
 
 from tidpo.data import left_pad
 
-__all__ = ["Generated", "eval_mode", "generate"]
+__all__ = ["CACHE_BUCKET", "Generated", "engine_kwargs", "eval_mode", "generate",
+           "resolve_engine"]  # fmt: skip
+
+CACHE_BUCKET = 256
+"""The static cache's length is a multiple of this many tokens (fewer compiled shapes)."""
+
+
+def resolve_engine(engine: str, device: torch.device | str, sharded: bool = False) -> str:
+    """The engine ``auto`` stands for: ``compiled`` on a CUDA device unless the weights are
+    sharded (FSDP2, ZeRO-3: their synced ``generate`` calls stay ``plain``), else ``plain``."""
+    if sharded:
+        return "plain"
+    if engine != "auto":
+        return engine
+    return "compiled" if torch.device(device).type == "cuda" else "plain"
+
+
+def engine_kwargs(engine: str, prompt_length: int, max_new_tokens: int, device: torch.device
+                  ) -> dict[str, Any]:  # fmt: skip
+    """``generate``'s arguments for a resolved ``engine`` (module docstring)."""
+    if engine == "plain":
+        return {}
+    if engine not in ("static", "compiled"):
+        raise ValueError(f"engine must be plain, static or compiled; got {engine!r}")
+    length = -(-(prompt_length + max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET
+    kw: dict[str, Any] = {"cache_implementation": "static", "max_cache_len": length}
+    if engine == "static":
+        return {**kw, "disable_compile": True}
+    from transformers import CompileConfig
+
+    config: Any = CompileConfig()
+    if device.type != "cuda":  # transformers compiles on accelerators only unless told
+        config._compile_all_devices = True
+    return {**kw, "compile_config": config}
 
 
 @contextlib.contextmanager
@@ -55,16 +96,22 @@ def generate(
     sampling: dict[str, Any] | None = None,
     seed: int | None = None,
     output_logits: bool = False,
+    engine: str = "plain",
 ) -> Generated:
     """Continue every prompt (token ids) with ``model``: greedy, or sampled with ``sampling``
-    (``generate``'s ``top_k``, ``top_p``, ``temperature``); see the module docstring.
+    (``generate``'s ``top_k``, ``top_p``, ``temperature``), with the decoding ``engine``
+    (resolved: plain, static or compiled); see the module docstring.
 
     Returns the new tokens cut after the first end-of-sequence token (pads dropped).
     """
     ids, mask = left_pad([list(p) for p in prompts], pad_token_id)
     device = next(model.parameters()).device
     ids, mask = ids.to(device), mask.to(device)
-    kwargs: dict[str, Any] = {"do_sample": sampling is not None, **(sampling or {})}
+    kwargs: dict[str, Any] = {
+        "do_sample": sampling is not None,
+        **(sampling or {}),
+        **engine_kwargs(engine, ids.shape[1], max_new_tokens, device),
+    }
     eos = set(eos_token_ids)
     gen: Any = model
     rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])

@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback
 from tidpo import functional as F
 from tidpo.data import eos_token_ids, pad_token_id
 from tidpo.data.collate import PreferenceCollator
-from tidpo.training.anchors import AnchorSampler, AnchorWindowTrainer
+from tidpo.training.anchors import AnchorSampler
 from tidpo.training.callbacks import (
     MetricsFileCallback,
     NonFiniteGuard,
@@ -53,6 +53,7 @@ from tidpo.training.sharding import (
     sync_from_main,
     unwrap_step_model,
 )
+from tidpo.training.speed import SpeedTrainer
 
 __all__ = ["MetricsFileCallback", "NonFiniteLossError", "TIDPOTrainer", "prepare_dataset"]
 
@@ -63,7 +64,7 @@ def _stack(top: Tensor, bottom: Tensor) -> Tensor:
     return torch.cat([nn.functional.pad(x, (0, width - x.shape[1])) for x in (top, bottom)])
 
 
-class TIDPOTrainer(AnchorWindowTrainer):
+class TIDPOTrainer(SpeedTrainer):
     """Trainer for TI-DPO and the baseline preference objectives (``TIDPOConfig.loss``).
 
     Args:
@@ -134,6 +135,7 @@ class TIDPOTrainer(AnchorWindowTrainer):
                 refresh_steps=args.anchor_refresh_steps,
                 mode=args.anchor_refresh_mode,
                 from_=args.anchor_from,
+                engine=args.anchor_engine,
             )
         # FSDP2 / ZeRO-3 shard the weights: they wrap a `StepModel`, whose forward does every
         # weight access of a step (docs/scale-out.md); DDP and one process wrap the model itself.
