@@ -108,3 +108,79 @@ def test_eval_and_explain_put_the_model_on_the_gpu(tiny_model_dir: Path, tmp_pat
                              "--out", str(tmp_path / "x")])  # fmt: skip
     assert ex.exit_code == 0, ex.output
     assert "on cuda" in ex.output.splitlines()[0]
+
+
+def _head_case(dtype_autocast: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Values and gradients of tidpo's and Liger's heads on the same CUDA case."""
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    h0 = torch.randn(3, 70, 64, device="cuda", generator=gen)
+    w0 = torch.randn(3000, 64, device="cuda", generator=gen) * 0.1
+    labels = torch.randint(0, 3000, (3, 70), device="cuda", generator=gen)
+    mask = (torch.rand(3, 70, device="cuda", generator=gen) > 0.3).long()
+    g = torch.randn(3, 70, device="cuda", generator=gen)
+    out = []
+    for impl in ("tidpo", "liger"):
+        h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype_autocast):
+            lp = F.lm_head_logps(h, w, labels, mask, settings=F.HeadSettings(impl=impl))
+        out.append([lp, *torch.autograd.grad((lp * g).sum(), [h, w])])
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_liger_head_matches_ours_on_the_gpu(autocast: bool) -> None:
+    pytest.importorskip("liger_kernel", reason="the liger extra (pip install 'tidpo[liger]')")
+    ours, liger = _head_case(autocast)
+    tol = {"rtol": 2e-2, "atol": 2e-2} if autocast else {"rtol": 1e-4, "atol": 1e-4}
+    for a, b in zip(ours, liger, strict=True):
+        torch.testing.assert_close(b.float(), a.float(), **tol)
+
+
+def test_compiled_anchor_decoding_on_the_gpu(tiny_model_dir: Path) -> None:
+    """``auto`` is the compiled static-cache decoding here; in fp32 it samples plain's tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from tidpo.training.generation import generate, resolve_engine
+
+    assert resolve_engine("auto", "cuda") == "compiled"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).cuda()
+    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16]]
+    for sampling in (None, {"top_k": 50, "top_p": 0.95, "temperature": 0.8}):
+        runs = [generate(model, prompts, 0, [2], max_new_tokens=12, sampling=sampling, seed=3,
+                         engine=engine).tokens
+                for engine in ("plain", "static", "compiled")]  # fmt: skip
+        assert runs[1] == runs[0] and runs[2] == runs[0]
+    assert hasattr(model, "_compiled_call")
+    with torch.autocast("cuda", dtype=torch.bfloat16):  # the training precision: it runs
+        low = generate(model, prompts, 0, [2], max_new_tokens=12, seed=3, engine="compiled")
+    assert len(low.tokens) == 3 and all(1 <= len(t) <= 12 for t in low.tokens)
+
+
+def test_torch_compile_step_on_the_gpu(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Inductor's kernels for the whole step (policy forward, attribution and loss backward)."""
+    losses = []
+    for compiled in (False, True):
+        kw = {"torch_compile": True} if compiled else {}
+        cfg = _gpu_config(tmp_path / str(compiled), max_steps=2, precision="fp32", tf32=False,
+                          anchor_source="none", **kw)  # fmt: skip
+        trainer = _trainer(tiny_model_dir, cfg, _data(4))
+        trainer.train()
+        assert trainer._fused
+        losses.append([h["loss"] for h in trainer.state.log_history if "loss" in h])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+def test_head_runs_in_one_chunk_on_the_gpu(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tidpo.functional import logps as logps_mod
+    from tidpo.training.speed import GPU_CHUNK_MB, step_head_settings
+
+    rows: list[int] = []
+    real = logps_mod._project
+    monkeypatch.setattr(logps_mod, "_project", lambda h, w, b: rows.append(h.shape[0])
+                        or real(h, w, b))  # fmt: skip
+    trainer = _trainer(tiny_model_dir, _gpu_config(tmp_path, max_steps=1, loss="dpo"))
+    assert step_head_settings(trainer.args).chunk_bytes == GPU_CHUNK_MB << 20
+    trainer.train()
+    assert len(rows) == 2  # the policy and the reference, one chunk each, no backward projection

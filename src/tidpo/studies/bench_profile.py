@@ -6,9 +6,10 @@ kernels it launches times the launch cost, whatever each computes. The count is 
 
 * ``aten_ops``: every ATen operator dispatched (nested calls included: ``aten::linear`` and the
   ``aten::mm`` inside it are two): the Python and dispatcher work of the step;
-* ``kernel_ops``: the ATen operators that do the work, i.e. those calling no other ATen operator
-  and not in `NO_KERNEL` (views, metadata, allocation): on a CPU the proxy of the kernels a GPU
-  would launch for the same step;
+* ``kernel_ops``: the ATen operators that do the work: not in `NO_KERNEL` (views, metadata,
+  allocation) and calling no operator that does (``aten::linear`` -> ``aten::matmul`` ->
+  ``aten::mm``: the ``mm`` counts, once): on a CPU the proxy of the kernels a GPU would launch
+  for the same step;
 * ``cuda_launches`` (on a GPU): the kernel launches the CUDA runtime saw (and graph launches).
 """
 
@@ -51,11 +52,18 @@ def op_counts(prof: Any) -> dict[str, int]:
     """``{"aten_ops", "kernel_ops", "cuda_launches"}`` of a stopped profiler (module docstring)."""
     events = list(prof.events())
     aten = [e for e in events if e.name.startswith("aten::")]
-    leaves = [e for e in aten
-              if not any(c.name.startswith("aten::") for c in e.cpu_children)]  # fmt: skip
+    works: dict[int, bool] = {}
+
+    def does_work(e: Any) -> bool:  # below it, some operator does work (or it does itself)
+        if id(e) not in works:
+            below = [does_work(c) for c in e.cpu_children]  # all of them: every subtree known
+            works[id(e)] = any(below) or (e.name.startswith("aten::") and e.name not in NO_KERNEL)
+        return works[id(e)]
+
+    kernels = sum(1 for e in aten if e.name not in NO_KERNEL
+                  and not any(does_work(c) for c in e.cpu_children))  # fmt: skip
     launches = sum(1 for e in events if e.name in _LAUNCHES)
-    return {"aten_ops": len(aten), "kernel_ops": sum(1 for e in leaves if e.name not in NO_KERNEL),
-            "cuda_launches": launches}  # fmt: skip
+    return {"aten_ops": len(aten), "kernel_ops": kernels, "cuda_launches": launches}
 
 
 def write_profile(prof: Any, path: Path, header: str, cuda: bool) -> None:
