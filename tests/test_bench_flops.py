@@ -149,6 +149,7 @@ def test_op_count_counts_each_pointwise_kernel() -> None:
     base, more = count(0), count(3)
     # mm, sum's fill, the backward's seed (ones_like), two mm, the .grad add: 6
     assert base["kernel_ops"] == 6 and more["kernel_ops"] - base["kernel_ops"] == 6
+    assert sum(more["kernel_ops_by_name"].values()) == more["kernel_ops"]  # (under 30 names)
     assert base["kernel_ops"] < base["aten_ops"] and base["cuda_launches"] == 0
 
 

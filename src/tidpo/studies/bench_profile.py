@@ -9,12 +9,16 @@ kernels it launches times the launch cost, whatever each computes. The count is 
 * ``kernel_ops``: the ATen operators that do the work: not in `NO_KERNEL` (views, metadata,
   allocation) and calling no operator that does (``aten::linear`` -> ``aten::matmul`` ->
   ``aten::mm``: the ``mm`` counts, once): on a CPU the proxy of the kernels a GPU would launch
-  for the same step;
-* ``cuda_launches`` (on a GPU): the kernel launches the CUDA runtime saw (and graph launches).
+  for the same step (an operator that first calls a working one, as a multiplication by a Python
+  number copying it into a tensor, counts as that one: one kernel, under the callee's name);
+* ``cuda_launches`` (on a GPU): the kernel launches the CUDA runtime saw (and graph launches);
+* ``kernel_ops_by_name``: the 30 most frequent of the ``kernel_ops``, with their counts (where a
+  step's operators go, to compare with TRL's).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +52,9 @@ def start_profiler(cuda: bool) -> Any:
     return prof
 
 
-def op_counts(prof: Any) -> dict[str, int]:
-    """``{"aten_ops", "kernel_ops", "cuda_launches"}`` of a stopped profiler (module docstring)."""
+def op_counts(prof: Any) -> dict[str, Any]:
+    """``{"aten_ops", "kernel_ops", "cuda_launches", "kernel_ops_by_name"}`` of a stopped
+    profiler (module docstring)."""
     events = list(prof.events())
     aten = [e for e in events if e.name.startswith("aten::")]
     works: dict[int, bool] = {}
@@ -60,10 +65,11 @@ def op_counts(prof: Any) -> dict[str, int]:
             works[id(e)] = any(below) or (e.name.startswith("aten::") and e.name not in NO_KERNEL)
         return works[id(e)]
 
-    kernels = sum(1 for e in aten if e.name not in NO_KERNEL
-                  and not any(does_work(c) for c in e.cpu_children))  # fmt: skip
+    kernels = Counter(e.name for e in aten if e.name not in NO_KERNEL
+                      and not any(does_work(c) for c in e.cpu_children))  # fmt: skip
     launches = sum(1 for e in events if e.name in _LAUNCHES)
-    return {"aten_ops": len(aten), "kernel_ops": kernels, "cuda_launches": launches}
+    return {"aten_ops": len(aten), "kernel_ops": sum(kernels.values()), "cuda_launches": launches,
+            "kernel_ops_by_name": dict(kernels.most_common(30))}  # fmt: skip
 
 
 def write_profile(prof: Any, path: Path, header: str, cuda: bool) -> None:
