@@ -172,3 +172,24 @@ def test_bench_at_a_toy_shape_reports_flops_mfu_and_ops(tmp_path: Path) -> None:
     assert rows["trl_dpo"]["kernel_ops_to_trl"] == 1.0
     assert math.isfinite(rows["dpo"]["kernel_ops_to_trl"])
     assert "1b-toy x 48" in result.output and "%" in result.output
+
+
+def test_the_profiled_step_is_left_out_of_the_memory_peak(
+    tiny_model_dir: Path, tokenizer: object, tmp_path: Path
+) -> None:
+    """The profiler's records of the extra step (on the real model a sampling step: some 200k
+    events) are not the configuration's memory: the peak is taken before it, and the memory held
+    between steps from unprofiled steps only."""
+    from tidpo.studies.bench import bench_rows
+    from tidpo.studies.bench_worker import main
+
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps(bench_rows(tokenizer, 6, 48)))
+    out = tmp_path / "r.json"
+    main(["--worker", "dpo", "--model", str(tiny_model_dir), "--rows", str(rows),
+          "--out", str(out), "--steps", "1", "--warmup", "1", "--max-length", "48",
+          "--precision", "fp32", "--op-count"])  # fmt: skip
+    record = json.loads(out.read_text())
+    assert record["op_counts"]["kernel_ops"] > 0
+    before = record["peak_before_profile_mb"]
+    assert 0 < record["between_steps_mb"] <= before <= record["self_peak_rss_mb"]

@@ -220,7 +220,8 @@ def _run_worker(config: str, opts: BenchOptions, model: Path, group: _Group, wor
     result: dict[str, Any] = json.loads(out.read_text())
     # Linux: KiB. The kernel's high-water mark can lag a reading of the current RSS by a page or
     # two, so the peak is at least every reading the worker took.
-    readings = [usage.ru_maxrss / 1024] + [
+    peak = result.get("peak_before_profile_mb") or usage.ru_maxrss / 1024  # (profiler excluded)
+    readings = [peak] + [
         result[k] for k in ("setup_mb", "between_steps_mb") if result.get(k) is not None
     ]
     result["peak_rss_mb"] = max(readings) if result.get("peak_gpu_mb") is None else readings[0]

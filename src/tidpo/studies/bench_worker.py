@@ -102,6 +102,7 @@ def _timer_callback(warmup: int, profile: Path | None, last: int, count_ops: boo
             self.prof: Any = None
             self.setup_mb: float | None = None
             self.between_mb: float | None = None
+            self.peak_before_profile_mb: float | None = None
             self.ops: dict[str, int] | None = None
 
         def _sync(self) -> None:
@@ -113,6 +114,11 @@ def _timer_callback(warmup: int, profile: Path | None, last: int, count_ops: boo
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if extra and self.index == last:
+                # the profiler's own records (a sampling step: some 200k events) would count in
+                # the process's peak: the peak that counts is the one before it
+                self.peak_before_profile_mb = (
+                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                )
                 self.prof = start_profiler(cuda)
             self._sync()
             self.start, self.start_cpu = time.perf_counter(), time.process_time()
@@ -121,7 +127,8 @@ def _timer_callback(warmup: int, profile: Path | None, last: int, count_ops: boo
             self._sync()
             seconds = time.perf_counter() - self.start
             cpu = time.process_time() - self.start_cpu
-            self.between_mb = resident_mb()  # after the optimiser step and zero_grad
+            if self.prof is None:  # after the optimiser step and zero_grad (unprofiled steps)
+                self.between_mb = resident_mb()
             if self.prof is not None:
                 self.prof.stop()
                 self.ops = op_counts(self.prof)
@@ -258,6 +265,7 @@ def _worker(ns: argparse.Namespace) -> None:
         "checkpointing": bool(getattr(model, "is_activation_checkpointing", False)),
         "setup_mb": timer.setup_mb,
         "between_steps_mb": timer.between_mb,
+        "peak_before_profile_mb": timer.peak_before_profile_mb,
         "peak_gpu_mb": gpu,
         "precision": precision.name,
         "device": precision.device,
