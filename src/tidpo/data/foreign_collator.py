@@ -50,7 +50,7 @@ class ForeignCollator:
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Tensor]:
         ours = self.own(features)
         given = self.collator([dict(f) for f in features])
-        name = type(self.collator).__name__
+        name = getattr(self.collator, "__name__", type(self.collator).__name__)
         if not isinstance(given, Mapping):
             raise DataError(f"data_collator: {name} returned a {type(given).__name__}, not a "
                             "batch (a dict of tensors)")  # fmt: skip

@@ -192,8 +192,6 @@ def _with_peft(model: nn.Module, ref_model: nn.Module | None, peft_config: Any,
         logger.warning("model: a PEFT model with a trained adapter; its reference is a frozen "
                        "copy of it (the policy as training starts, as in TRL)")  # fmt: skip
         ref_model = frozen_copy(model)
-    if _is_peft(model) and cfg.gradient_checkpointing:  # as TRL: checkpointed layers need an
-        model.enable_input_require_grads()  # type: ignore[operator]  # input that takes a gradient
     return model, ref_model
 
 
