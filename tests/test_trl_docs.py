@@ -30,6 +30,7 @@ import torch
 from datasets import load_dataset
 from peft import LoraConfig
 
+from conftest import _TMP
 from hub_server import COMMIT, LocalHub
 from test_hub import _env, _jsonl, _python
 from tidpo import TIDPOConfig, TIDPOTrainer
@@ -82,6 +83,13 @@ def _trained_adapter(tiny_model_dir: Path, out: Path) -> Path:
 @pytest.fixture(scope="module")
 def hub_ids(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The models, the adapter and the dataset of TRL's examples in the tests' caches."""
+    from huggingface_hub import constants
+
+    # Real ids get fake models here: never in a Hugging Face cache of the machine's own.
+    assert Path(constants.HF_HUB_CACHE).is_relative_to(_TMP), (
+        f"HF_HOME is set ({os.environ['HF_HOME']}); these tests write tiny models under real hub "
+        "ids and need the temporary HF_HOME of tests/conftest.py: run them with HF_HOME unset"
+    )
     folders = {repo: cache_model(tiny_model_dir, repo) for repo in MODELS}
     adapter = _trained_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapter"))
     folders[ADAPTER] = cache_model(adapter, ADAPTER)

@@ -505,3 +505,25 @@ def test_plain_training_arguments_become_a_tidpo_config(
     assert isinstance(trainer.args, TIDPOConfig)
     assert (trainer.args.learning_rate, trainer.args.max_steps) == (0.123, 7)
     assert (trainer.args.loss, trainer.args.weighting) == ("tidpo", "hybrid")
+
+
+def test_predict_logits_under_bf16_autocast(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """With ``precision="bf16"`` the predictions are the logits of the forward under bf16
+    autocast (the model's own, run by hand), handed over as float32."""
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    trainer = TIDPOTrainer(_model(tiny_model_dir), args=_config(tmp_path, precision="bf16"),
+                           train_dataset=_data())  # fmt: skip
+    assert trainer.args.bf16
+    got = trainer.predict(_data())
+    rows = [trainer.train_dataset[i] for i in range(len(PAIRS))]  # the same rows, tokenized
+    batch = DataCollatorForPreference(tok.pad_token_id)(rows)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = _model(tiny_model_dir)(input_ids=batch["input_ids"],
+                                        attention_mask=batch["attention_mask"]).logits  # fmt: skip
+    assert logits.dtype == torch.bfloat16 and got.predictions.dtype.name == "float32"
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(torch.as_tensor(got.predictions)[real], logits.float()[real],
+                               rtol=0, atol=0)  # fmt: skip
+    assert got.metrics is not None and math.isfinite(got.metrics["test_loss"])
