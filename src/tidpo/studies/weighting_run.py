@@ -269,5 +269,4 @@ class StudyState:
         else:
             task = self.main_run(label, seed)[0]
             path, info["train_task"] = self.model(task), task
-        folder = self.store.folder(f"eval/{label}/s{seed}")
-        return {**info, **self.work.evaluate(path, folder, gsm8k=seed == 0 or label == "base")}
+        return {**info, **self.work.evaluate(path, gsm8k=seed == 0 or label == "base")}

@@ -10,7 +10,6 @@ held-out pairs are computed once (task ``base/pairs``).
 from __future__ import annotations
 
 import gc
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,6 @@ from rich.console import Console
 from tidpo.studies.weighting_budget import WeightingBudget
 
 __all__ = ["Work", "pair_rewards"]
-
-_BENCH = ("ifeval", "truthfulqa_mc2", "truthfulqa_mc1", "gsm8k")
 
 
 def pair_rewards(
@@ -163,30 +160,26 @@ class Work:
             **(extra or {}),
         }
 
-    def weights(
-        self, method: str, dpo_model: Path, other: Path | None, dataset: Path, out_file: Path
-    ) -> dict[str, Any]:
-        """`tidpo weights --method METHOD` on ``dataset``: the column file of an estimator arm."""
-        from tidpo.analysis.estimator_weights import EstimatorSettings
-        from tidpo.cli.weights import run_estimator_weights
+    def weights(self, method: str, dpo_model: Path, other: Path | None, dataset: Path,
+                out_file: Path) -> dict[str, Any]:  # fmt: skip
+        """What `tidpo weights --method METHOD --dpo-model DPO --model|--reverse-model OTHER`
+        writes, on ``dataset``: the column file of an estimator arm (``other`` None: the base
+        model, the DPO model's reference)."""
+        from tidpo.analysis.estimator_weights import EstimatorSettings, estimator_rows
+        from tidpo.analysis.weights_file import write_rows
+        from tidpo.data import load_preferences
 
-        run_estimator_weights(
-            EstimatorSettings(method),
-            str(dpo_model),
-            str(other if other is not None else self.model_path),
-            str(dataset),
-            out_file,
-            precision=self.budget.precision,
-            console=Console(quiet=True),
-        )
-        return {
-            "method": method,
-            "dpo_model": str(dpo_model),
-            "file": str(out_file),
-            "other_model": str(other if other is not None else self.model_path),
-        }
+        second_path = other if other is not None else self.model_path
+        first, second = self._load(dpo_model), self._load(second_path)
+        rows = load_preferences(dataset).to_list()
+        done, counts = estimator_rows(first, second, self.tokenizer, rows,
+                                      EstimatorSettings(method))  # fmt: skip
+        write_rows(done, out_file)
+        return {"method": method, "dpo_model": str(dpo_model), "other_model": str(second_path),
+                "file": str(out_file), "rows": len(done), "tgdpo_floored": counts.floored,
+                "tokens": counts.tokens}  # fmt: skip
 
-    def evaluate(self, model_path: Path, folder: Path, gsm8k: bool) -> dict[str, Any]:
+    def evaluate(self, model_path: Path, gsm8k: bool) -> dict[str, Any]:
         """Held-out preference accuracy and the benchmarks (lm-eval) of one model."""
         from tidpo.analysis.benchmarks import BenchmarkSettings, run_benchmarks
         from tidpo.training.precision import choose_precision
@@ -226,8 +219,4 @@ class Work:
             out["benchmarks"].update(res["benchmarks"])
             out["items"].update(res["items"])
             out.setdefault("notes", []).extend(res["notes"])
-        (folder / "benchmarks").mkdir(parents=True, exist_ok=True)
-        (folder / "benchmarks" / "settings.json").write_text(
-            json.dumps({"chat_template": ["ifeval", "gsm8k"], "share_requests": ["truthfulqa_mc1"]})
-        )
         return out
