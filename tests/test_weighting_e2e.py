@@ -21,7 +21,8 @@ import pytest
 from conftest import SHARED
 
 ARMS = "dpo,tgdpo,tidpo-repaired"  # a column estimator and the repaired selection
-_TIMING = {"worker", "elapsed_s", "cpu_s", "finished_at", "estimate_s", "s_per_item"}
+_VOLATILE = {"worker", "elapsed_s", "cpu_s", "finished_at", "estimate_s", "s_per_item", "notes"}
+"""Timings, who ran it, and the punkt note (it says whether this process wrote the tables)."""
 
 
 def _folders(tmp: Path) -> tuple[Path, Path]:
@@ -52,7 +53,7 @@ def _launch(model: Path, real: Path, bench: Path, out: Path, worker: str) -> sub
 def _clean(value: Any, out: Path) -> Any:
     """A result without timings and with the run folder's path made neutral."""
     if isinstance(value, dict):
-        return {k: _clean(v, out) for k, v in value.items() if k not in _TIMING}
+        return {k: _clean(v, out) for k, v in value.items() if k not in _VOLATILE}
     if isinstance(value, list):
         return [_clean(v, out) for v in value]
     if isinstance(value, str):
