@@ -243,3 +243,25 @@ def test_shared_requests_give_mc1_from_mc2_unchanged(
         "truthfulqa_mc1"]["lm_eval"]  # fmt: skip
     assert shared["items"]["truthfulqa_mc1"] == alone["items"]["truthfulqa_mc1"]
     assert shared["settings"]["share_requests"] is True
+
+
+def test_options_of_other_studies_and_another_study_in_out_are_refused(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    base = ["experiment", "weighting", "--model", str(tiny_model_dir), "--real-data",
+            str(SHARED / "data"), "--benchmark-data", str(SHARED / "eval")]  # fmt: skip
+    out = tmp_path / "o"
+    refused = CliRunner().invoke(app, [*base, "--out", str(out), "--max-steps", "3"])
+    assert refused.exit_code == 2 and "--max-steps: the weighting study fixes it" in refused.output
+    other = CliRunner().invoke(app, ["experiment", "ablation", "--benchmark-data",
+                                     str(SHARED / "eval"), "--out", str(out)])  # fmt: skip
+    assert other.exit_code == 2 and "--benchmark-data: only the weighting study" in other.output
+    # --report-only records the study's settings and reports the empty graph
+    first = CliRunner().invoke(app, [*base, "--out", str(out), "--report-only", "--seeds", "3"])
+    assert first.exit_code == 0, first.output
+    assert json.loads((out / "study.json").read_text())["seeds"] == 3
+    assert "Partial results**: 0 of 127 tasks done" in (out / "weighting.md").read_text()
+    again = CliRunner().invoke(app, [*base, "--out", str(out), "--seeds", "2"])
+    assert again.exit_code == 2
+    assert "holds a weighting study with another seeds (3, now 2)" in again.output
+    assert not (out / "tasks").exists()  # nothing ran

@@ -35,31 +35,37 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class Costs:
-    """CPU seconds (one thread, fp32) of the units of work, measured on SmolLM2-135M-Instruct
-    (docs/results.md, "What it costs"); the plan's estimates multiply them out."""
+    """CPU seconds (one thread, fp32, AVX2) of the units of work, measured on
+    SmolLM2-135M-Instruct at the ``real`` budget's sizes (docs/results.md, "What it costs");
+    the plan's estimates multiply them out."""
 
-    train_setup: float = 20.0
-    """Loading the model and its reference, building the trainer, saving the model."""
+    train_setup: float = 5.0
+    """Building the trainer and its reference, saving the model."""
     step: tuple[tuple[str, float], ...] = (
-        ("dpo", 28.0),
-        ("simpo", 20.0),
-        ("tidpo", 55.0),
-        ("uniform", 40.0),
+        ("dpo", 27.1),
+        ("simpo", 21.3),
+        ("tidpo", 51.7),
+        ("uniform", 50.4),
     )
-    """One optimiser step of ``batch_size`` pairs at ``max_length``, per loss family."""
+    """One optimiser step of 8 pairs x 128 tokens, per loss family (TI-DPO: attribution,
+    24-token anchors and the triplet; uniform: the anchors and the triplet)."""
     dev_pair: float = 0.75
-    """One pair's two forwards at ``max_length`` (the dev accuracy of every trained model)."""
-    heldout_pair: float = 0.9
-    weights_pair: float = 1.5
+    """One pair's summed log-probs (two forwards, 128 tokens, batches of 8)."""
+    heldout_pair: float = 1.06
+    """The same at 160 tokens."""
+    weights_pair: float = 1.56
     """One pair through the two models of `tidpo weights --method`."""
-    bench_setup: float = 10.0
-    """One `run_benchmarks` call's model load and task indexing."""
-    ifeval_doc: float = 5.0
-    mc2_doc: float = 6.9
-    mc1_doc: float = 4.7
-    """MC1 alone; with the request cache after MC2 it costs `mc1_shared_doc`."""
-    mc1_shared_doc: float = 0.1
-    gsm8k_doc: float = 4.9
+    bench_setup: float = 3.0
+    """One `run_benchmarks` call's model load and task set-up."""
+    ifeval_doc: float = 4.24
+    """IFEval, chat template, ``max_gen_toks`` 192, batches of 8."""
+    mc2_doc: float = 6.04
+    """TruthfulQA MC2 (6-pair primer, no chat template)."""
+    mc1_doc: float = 4.49
+    """MC1 alone; after MC2 with the shared request cache it costs `mc1_shared_doc`."""
+    mc1_shared_doc: float = 0.02
+    gsm8k_doc: float = 4.48
+    """GSM8K 0-shot, chat template, ``max_gen_toks`` 192."""
 
     def step_of(self, family: str) -> float:
         """The step cost of a loss family (``dpo``, ``simpo``, ``tidpo``, ``uniform``)."""
