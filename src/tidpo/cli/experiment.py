@@ -64,7 +64,7 @@ def experiment_command(
         typer.Option(
             help="Folder of real held-out preference pairs (*.jsonl): reward metrics "
             "and the importance study. Never train on them. weighting: the folder of "
-            "TRAINING pairs (e.g. ../shared/data)."
+            "TRAINING pairs."
         ),
     ] = None,
     precision: Annotated[
@@ -85,8 +85,7 @@ def experiment_command(
     benchmark_data: Annotated[
         Path | None,
         typer.Option(
-            help="weighting: folder of held-out pairs (*.test.jsonl) and benchmark files "
-            "(e.g. ../shared/eval)."
+            help="weighting: folder of held-out pairs (*.test.jsonl) and benchmark files."
         ),
     ] = None,
     condition: Annotated[

@@ -281,9 +281,12 @@ def run_worker(
     progress: Callable[[str], None],
     poll_s: float = 5.0,
     on_idle: Callable[[], None] | None = None,
+    workers: int = 1,
 ) -> WorkerReport:
     """Run ready tasks of ``graph`` until none is left to this worker (module docstring);
-    ``progress`` gets one line per start and end."""
+    ``progress`` gets one line per start and end: the task, its estimate, the tasks done, the
+    time since this worker started and the estimated time left for ``workers`` workers (the
+    open tasks' estimates, scaled by this worker's measured wall time over its estimates)."""
     check_graph(graph)
     prio = critical_paths(graph)
     since = time.time()
@@ -310,10 +313,11 @@ def run_worker(
         )
         scale = sum(w for _, w in done_s) / max(sum(e for e, _ in done_s), 1e-9) if done_s else 1
         n_done = sum(s == "done" for s in status.values())
+        elapsed = (time.time() - since) / 3600
         progress(
             f"[{worker}] start {name} (estimate {task.cost_s / 60:.1f} core-min); "
-            f"{n_done}/{len(graph)} done; about {scale * left / 3600:.1f} core-h of work "
-            "left"
+            f"{n_done}/{len(graph)} done, {elapsed:.1f} h elapsed, about "
+            f"{scale * left / workers / 3600:.1f} h left for {workers} worker(s)"
         )
         store.log(f"start {name} {worker} pid {os.getpid()}")
         began, cpu = time.perf_counter(), time.process_time()

@@ -2,11 +2,11 @@
 
 Does any published token weighting, or a repair of TI-DPO's, make a better aligned model than
 plain DPO at this scale? Every arm (`tidpo.studies.arms.WEIGHTING_ARMS`) trains on the same real
-preference pairs (``--real-data``: HH-RLHF harmless and LLaMA-Factory in ../shared/data), with its
-learning rate chosen on dev pairs by a rule fixed in advance (`tidpo.studies.weighting_budget`),
-and is judged on held-out pairs and on the paper's benchmarks with lm-evaluation-harness
-(``--benchmark-data``: ../shared/eval), three seeds, paired intervals against DPO and against
-uniform weights (`tidpo.studies.weighting_report`). The work is a task graph
+preference pairs (``--real-data``; the project's are HH-RLHF harmless and LLaMA-Factory), with
+its learning rate chosen on dev pairs by a rule fixed in advance
+(`tidpo.studies.weighting_budget`), and is judged on held-out pairs and on the paper's benchmarks
+with lm-evaluation-harness (``--benchmark-data``), three seeds, paired intervals against DPO and
+against uniform weights (`tidpo.studies.weighting_report`). The work is a task graph
 (`tidpo.studies.weighting_graph`) that ``--worker I/N`` processes share through ``--out``
 (`tidpo.studies.tasks`): resumable, a failed task recorded without stopping the others.
 
@@ -165,7 +165,7 @@ def run_weighting(
     if benchmark_data is None:
         raise ExperimentError(
             "--benchmark-data: the weighting study needs the benchmark folder "
-            "(held-out pairs, IFEval, TruthfulQA, GSM8K; e.g. ../shared/eval)"
+            "(held-out *.test.jsonl pairs and the files of IFEval, TruthfulQA, GSM8K)"
         )
     bench = Path(benchmark_data)
     if not bench.is_dir():
@@ -181,8 +181,8 @@ def run_weighting(
     if condition == "real":
         if real is None:
             raise ExperimentError(
-                "--real-data: the weighting study trains on the real pairs of "
-                "this folder (e.g. ../shared/data)"
+                "--real-data: the weighting study trains on the preference pairs "
+                "(*.jsonl) of this folder"
             )
         train_files = check_training_folder(real, bench)
     else:
@@ -219,6 +219,7 @@ def run_weighting(
             label,
             lambda line: console.print(escape(line), highlight=False),
             poll_s,
+            workers=workers,
         )
         if got.failed or got.blocked:
             console.print(

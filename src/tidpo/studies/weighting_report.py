@@ -109,16 +109,16 @@ def compare(
     return out
 
 
-def verdict_line(name: str, comp: Mapping[str, Any]) -> str:
-    """One sentence: does ``name`` beat DPO on the benchmarks (module docstring)?"""
+def verdict_line(name: str, comp: Mapping[str, Any], ref: str = "DPO") -> str:
+    """One sentence: does ``name`` beat ``ref`` on the benchmarks (module docstring)?"""
     better = [METRICS[m][0] for m in BENCH_METRICS if comp[m]["verdict"] == "better"]
     worse = [METRICS[m][0] for m in BENCH_METRICS if comp[m]["verdict"] == "worse"]
     if better and not worse:
-        return f"**{name} beats DPO** on {', '.join(better)}, and is not worse on any benchmark."
+        return f"**{name} beats {ref}** on {', '.join(better)}, and is not worse on any benchmark."
     if worse:
         extra = f" (better on {', '.join(better)})" if better else ""
-        return f"**{name} is worse than DPO** on {', '.join(worse)}{extra}."
-    return f"**{name}: no detectable difference from DPO** on any benchmark."
+        return f"**{name} is worse than {ref}** on {', '.join(worse)}{extra}."
+    return f"**{name}: no detectable difference from {ref}** on any benchmark."
 
 
 def _collect(graph: Any) -> tuple[dict[str, dict[int, Any]], dict[str, dict[int, Any]]]:
@@ -249,6 +249,7 @@ def _comparisons(comps: Mapping[str, Any]) -> list[str]:
 def write_weighting_report(graph: Any, out: Path) -> dict[str, Any]:
     """Write ``weighting.md``, ``weighting.json`` and the plots; return the summary."""
     from tidpo.studies.task_plan import phase_times
+    from tidpo.studies.weighting_plots import weighting_plots
 
     store = graph.store
     evals, trains = _collect(graph)
@@ -268,6 +269,12 @@ def write_weighting_report(graph: Any, out: Path) -> dict[str, Any]:
         verdict_line(_label(graph, n, evals), comps[f"{n} - dpo"])
         for n in graph.arms
         if n != "dpo" and f"{n} - dpo" in comps
+    ]
+    pct = f"{int(100 * graph.budget.noise)} % flipped"
+    verdicts += [
+        verdict_line(_label(graph, n, evals), comps[f"{n} - dpo-noise"], f"DPO ({pct})")
+        for n in evals
+        if n.startswith("noise") and f"{n} - dpo-noise" in comps
     ]
     phases = phase_times(graph.tasks, store)
     done = [n for n in graph.tasks if store.done(n)]
@@ -312,7 +319,7 @@ def write_weighting_report(graph: Any, out: Path) -> dict[str, Any]:
         "",
         *_comparisons(comps),
         "",
-        "## Verdicts against DPO",
+        "## Verdicts against DPO (with label noise: against DPO on the same flipped labels)",
         "",
         *[f"- {v}" for v in verdicts],
         "",
@@ -324,68 +331,11 @@ def write_weighting_report(graph: Any, out: Path) -> dict[str, Any]:
     ]
     if data.is_file():
         lines += ["", f"Data: `{data}` (pool, splits and ids)."]
-    summary["plots"] = _plots(out, summary, graph, evals)
+    summary["plots"] = weighting_plots(
+        out, summary, list(evals), {m: v[0] for m, v in METRICS.items()}
+    )
     lines += [""] + [f"![{p}]({p})" for p in summary["plots"]]
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(summary, out / "weighting.json")
     (out / "weighting.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return summary
-
-
-def _plots(
-    out: Path, summary: Mapping[str, Any], graph: Any, evals: Mapping[str, Any]
-) -> list[str]:
-    """``weighting.png``: the benchmark metrics per arm with their intervals; ``vs-dpo.png``: the
-    paired differences against DPO. None without matplotlib."""
-    from tidpo.extras import has_module, pyplot
-
-    if not has_module("matplotlib") or len(evals) < 2:
-        return []
-    plt = pyplot("the weighting study's plots")
-    names = list(evals)
-    metrics = ("ifeval_prompt", "ifeval_inst", "mc1", "mc2", "heldout_acc")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 4.5))
-    for ax, m in zip(axes, metrics, strict=True):
-        stats = [summary["arms"][n][m] for n in names]
-        means = [100 * (s["mean"] or 0) for s in stats]
-        err = [
-            [
-                100 * ((s["mean"] or 0) - (s["low"] if s["low"] is not None else s["mean"] or 0))
-                for s in stats
-            ],
-            [
-                100 * ((s["high"] if s["high"] is not None else s["mean"] or 0) - (s["mean"] or 0))
-                for s in stats
-            ],
-        ]
-        ax.bar(range(len(names)), means, yerr=err, capsize=3, color="tab:blue")
-        ax.set_xticks(range(len(names)), names, rotation=60, ha="right")
-        ax.set_title(METRICS[m][0])
-    fig.tight_layout()
-    fig.savefig(out / "weighting.png", dpi=90)
-    plt.close(fig)
-    written = ["weighting.png"]
-    keys = [k for k in summary["comparisons"] if k.endswith(" - dpo")]
-    if keys:
-        fig, axes = plt.subplots(1, 4, figsize=(16, 0.5 * len(keys) + 2), sharey=True)
-        for ax, m in zip(axes, ("ifeval_prompt", "ifeval_inst", "mc1", "mc2"), strict=True):
-            for i, k in enumerate(keys):
-                st = summary["comparisons"][k][m]
-                if st["diff"] is None:
-                    continue
-                ax.errorbar(
-                    [100 * st["diff"]],
-                    [i],
-                    capsize=3,
-                    fmt="o",
-                    color="black",
-                    xerr=[[100 * (st["diff"] - st["low"])], [100 * (st["high"] - st["diff"])]],
-                )
-            ax.axvline(0, color="gray", linewidth=1)
-            ax.set_title(f"{METRICS[m][0]}: arm - DPO")
-        axes[0].set_yticks(range(len(keys)), [k.split(" - ")[0] for k in keys])
-        fig.tight_layout()
-        fig.savefig(out / "vs-dpo.png", dpi=90)
-        plt.close(fig)
-        written.append("vs-dpo.png")
-    return written

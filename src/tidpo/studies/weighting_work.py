@@ -9,7 +9,9 @@ held-out pairs are computed once (task ``base/pairs``).
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -144,7 +146,9 @@ class Work:
             overwrite=True,
             config=dict(config),
         )
-        run_training(opts, console=Console(quiet=True))
+        with contextlib.redirect_stdout(io.StringIO()):  # the Trainer prints every log line
+            run_training(opts, console=Console(quiet=True))
+        gc.collect()
         model = self._load(run_dir / "model")
         dev = pair_rewards(self._logps(model, "dev"), self.base_logps("dev"))
         del model
