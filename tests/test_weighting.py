@@ -210,7 +210,7 @@ def test_plan_prints_the_graph_and_its_cost(tmp_path: Path, tiny_model_dir: Path
     assert result.exit_code == 0, result.output
     out = result.output
     assert "train/dpo/lr3e-05/s0" in out and "select/noise" in out and "eval/base" in out
-    assert "core-minutes" in out and "with 2 workers" in out
+    assert "core-minutes" in out and "with 2 worker(s)" in out
     assert not (tmp_path / "o").exists()  # the plan runs nothing
 
 
@@ -256,6 +256,8 @@ def test_options_of_other_studies_and_another_study_in_out_are_refused(
     other = CliRunner().invoke(app, ["experiment", "ablation", "--benchmark-data",
                                      str(SHARED / "eval"), "--out", str(out)])  # fmt: skip
     assert other.exit_code == 2 and "--benchmark-data: only the weighting study" in other.output
+    bundled = CliRunner().invoke(app, [*base, "--out", str(out), "--condition", "bundled"])
+    assert bundled.exit_code == 2 and "--condition bundled trains on the bundled" in bundled.output
     # --report-only records the study's settings and reports the empty graph
     first = CliRunner().invoke(app, [*base, "--out", str(out), "--report-only", "--seeds", "3"])
     assert first.exit_code == 0, first.output

@@ -118,7 +118,7 @@ def plan_lines(graph: Any, workers: int, budget: WeightingBudget) -> list[str]:
         )
     lines.append(
         f"total: {sim['cpu_s'] / 60:.0f} core-minutes (CPU, one thread each, from "
-        f"measured unit costs); with {workers} workers on an idle machine about "
+        f"measured unit costs); with {workers} worker(s) on an idle machine about "
         f"{sim['wall_s'] / 3600:.1f} h wall (list schedule of the graph)"
     )
     return lines
@@ -189,7 +189,8 @@ def run_weighting(
         from tidpo.data import bundled_dataset
 
         if real is not None:
-            check_training_folder(real, bench)
+            raise ExperimentError("--real-data: --condition bundled trains on the bundled pairs; "
+                                  "leave --real-data out")  # fmt: skip
         train_files = [bundled_dataset("train")]
     out_path = Path(out)
     check_output_path(out_path, "--out")
