@@ -183,3 +183,23 @@ def test_simulate_and_critical_paths_by_hand() -> None:
     assert simulate(graph, 1)["wall_s"] == 7.0
     with pytest.raises(ValueError, match="unknown dependency"):
         simulate({"z": _task("z", ("nope",), noop)}, 1)
+
+
+def test_a_lower_stage_runs_first_whatever_its_path(tmp_path: Path) -> None:
+    """Stages order the ready tasks before the longest path does: seed 0's short evaluation runs
+    before seed 1's long training, so a stopped study holds whole seeds."""
+    order: list[str] = []
+
+    def run(name: str) -> Any:
+        return lambda: order.append(name) or {"value": 1}
+
+    graph = {
+        "s1/train": _task("s1/train", (), run("s1/train"), cost=100.0, stage=1),
+        "s0/eval": _task("s0/eval", (), run("s0/eval"), cost=1.0, stage=0),
+        "s1/eval": _task("s1/eval", ("s1/train",), run("s1/eval"), cost=1.0, stage=1),
+    }
+    run_worker(graph, TaskStore(tmp_path), "w", progress=lambda _: None, poll_s=0.01)
+    assert order == ["s0/eval", "s1/train", "s1/eval"]
+    assert critical_paths(graph)["s1/train"] > critical_paths(graph)["s0/eval"]
+    # the plan's simulation takes them in the same order
+    assert simulate(graph, 1)["wall_s"] == 102.0

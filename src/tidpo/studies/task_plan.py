@@ -15,7 +15,8 @@ __all__ = ["describe", "phase_times", "simulate"]
 
 def simulate(graph: Mapping[str, Task], workers: int) -> dict[str, Any]:
     """The graph played out on the estimates by ``workers`` workers (list scheduling, longest
-    path first): ``{"wall_s", "cpu_s", "phases": {phase: {"cpu_s", "start_s", "end_s"}}}``."""
+    stage, then longest path first, as `tidpo.studies.tasks.run_worker` takes them):
+    ``{"wall_s", "cpu_s", "phases": {phase: {"cpu_s", "start_s", "end_s"}}}``."""
     check_graph(graph)
     prio = critical_paths(graph)
     order = sorted(graph, key=lambda n: -prio[n])
@@ -26,7 +27,7 @@ def simulate(graph: Mapping[str, Task], workers: int) -> dict[str, Any]:
         w = min(range(workers), key=lambda i: free[i])
         ready = [n for n in order if n not in finish and all(d in finish for d in graph[n].deps)]
         start_at = {n: max([free[w], *(finish[d] for d in graph[n].deps)]) for n in ready}
-        name = min(ready, key=lambda n: (start_at[n], -prio[n]))
+        name = min(ready, key=lambda n: (start_at[n], graph[n].stage, -prio[n]))
         task = graph[name]
         finish[name] = start_at[name] + task.cost_s
         free[w] = finish[name]

@@ -61,6 +61,9 @@ class Task:
     phase: str
     needs: Callable[[], set[Path]] = lambda: set()
     produces: Path | None = None
+    stage: int = 0
+    """Ready tasks of a lower stage run first (then the longest path first): a study gives each
+    seed its stage, so a stopped run holds whole seeds, evaluations included."""
 
 
 def _start_time(pid: int) -> str | None:
@@ -294,7 +297,8 @@ def run_worker(
     done_s: list[tuple[float, float]] = []  # (estimate, wall) of the tasks this worker ran
     while True:
         status = _status(graph, store, since)
-        ready = sorted((n for n, s in status.items() if s == "ready"), key=lambda n: -prio[n])
+        ready = sorted((n for n, s in status.items() if s == "ready"),
+                       key=lambda n: (graph[n].stage, -prio[n]))  # fmt: skip
         name = next((n for n in ready if store.claim(n, worker)), None)
         if name is None:
             if not any(s in ("running", "ready") for s in status.values()):

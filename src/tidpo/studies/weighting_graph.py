@@ -26,6 +26,7 @@ No benchmark or held-out number is computed for a grid run that is not selected.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,13 @@ class StudyGraph(StudyState):
         needs: Callable[[], set[Path]] | None = None,
         trains: bool = False,
     ) -> None:
-        """Add one task (``trains``: it writes ``run/model`` in its folder)."""
+        """Add one task (``trains``: it writes ``run/model`` in its folder). Its stage (the
+        order workers take ready tasks in) is its seed, the noise condition after every seed of
+        the main arms: seed 0's arms are trained and evaluated first."""
+        seed = re.search(r"/s(\d+)$", name)
+        stage = int(seed.group(1)) if seed else 0
+        if phase == "noise" or name.startswith(("eval/noise", "eval/dpo-noise")):
+            stage += len(self.seeds)
         self.tasks[name] = Task(
             name,
             tuple(deps),
@@ -87,6 +94,7 @@ class StudyGraph(StudyState):
             phase,
             needs or (lambda: set()),
             self.model(name) if trains else None,
+            stage,
         )
 
     def build(self, assume_noise: Sequence[str] | None = None) -> dict[str, Task]:
