@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from conftest import SHARED
 from tidpo.cli import app
 from tidpo.studies.arms import REPAIRS, WEIGHTING_ARMS, ExperimentError
+from tidpo.studies.task_plan import simulate
 from tidpo.studies.tasks import TaskStore
 from tidpo.studies.weighting_budget import WEIGHTING_BUDGETS, pick_best, training_config
 from tidpo.studies.weighting_data import check_training_folder, make_splits, read_jsonl
@@ -267,3 +268,17 @@ def test_options_of_other_studies_and_another_study_in_out_are_refused(
     assert again.exit_code == 2
     assert "holds a weighting study with another seeds (3, now 2)" in again.output
     assert not (out / "tasks").exists()  # nothing ran
+
+
+def test_seed_zero_runs_arm_after_arm_each_with_its_benchmarks(tmp_path: Path) -> None:
+    """One worker: an arm's evaluation comes before the next arm's grid, so a stopped study
+    holds whole arms (the plan plays the graph out in the workers' order)."""
+    graph = _graph(tmp_path, ["dpo", "tidpo", "tis-dpo", "confpo"])
+    order = [n for n, _ in sorted(simulate(graph.tasks, 1)["starts"].items(), key=lambda kv: kv[1])]
+    assert order.index("eval/base") < order.index("train/dpo/lr1e-05/s0")
+    assert order.index("eval/dpo/s0") < min(order.index(n) for n in order if "tidpo/" in n)
+    assert order.index("eval/tidpo/s0") < order.index("train/reverse/s0")
+    assert order.index("eval/tis-dpo/s0") < order.index("train/confpo/lr1e-05/s0")
+    assert order.index("eval/confpo/s0") < order.index("train/dpo/s1")
+    assert max(order.index(n) for n in order if n.endswith("/s2") and "noise" not in n) < min(
+        order.index(n) for n in order if "noise" in n)  # fmt: skip

@@ -16,11 +16,13 @@ __all__ = ["describe", "phase_times", "simulate"]
 def simulate(graph: Mapping[str, Task], workers: int) -> dict[str, Any]:
     """The graph played out on the estimates by ``workers`` workers (list scheduling, longest
     stage, then longest path first, as `tidpo.studies.tasks.run_worker` takes them):
-    ``{"wall_s", "cpu_s", "phases": {phase: {"cpu_s", "start_s", "end_s"}}}``."""
+    ``{"wall_s", "cpu_s", "phases": {phase: {"cpu_s", "start_s", "end_s"}}, "starts": {task:
+    start_s}}``."""
     check_graph(graph)
     prio = critical_paths(graph)
     order = sorted(graph, key=lambda n: -prio[n])
     finish: dict[str, float] = {}
+    starts: dict[str, float] = {}
     free = [0.0] * workers
     phases: dict[str, dict[str, float]] = {}
     while len(finish) < len(graph):
@@ -29,6 +31,7 @@ def simulate(graph: Mapping[str, Task], workers: int) -> dict[str, Any]:
         start_at = {n: max([free[w], *(finish[d] for d in graph[n].deps)]) for n in ready}
         name = min(ready, key=lambda n: (start_at[n], graph[n].stage, -prio[n]))
         task = graph[name]
+        starts[name] = start_at[name]
         finish[name] = start_at[name] + task.cost_s
         free[w] = finish[name]
         ph = phases.setdefault(task.phase, {"cpu_s": 0.0, "start_s": start_at[name], "end_s": 0.0})
@@ -39,6 +42,7 @@ def simulate(graph: Mapping[str, Task], workers: int) -> dict[str, Any]:
         "wall_s": max(finish.values(), default=0.0),
         "cpu_s": sum(t.cost_s for t in graph.values()),
         "phases": phases,
+        "starts": starts,
     }
 
 

@@ -81,11 +81,14 @@ class StudyGraph(StudyState):
     ) -> None:
         """Add one task (``trains``: it writes ``run/model`` in its folder). Its stage (the
         order workers take ready tasks in) is its seed, the noise condition after every seed of
-        the main arms: seed 0's arms are trained and evaluated first."""
+        the main arms, and within a seed its arm in table order: seed 0's arms are trained and
+        evaluated first, one arm after another, so a stopped study holds whole arms with their
+        benchmarks rather than every arm's grid and no benchmark."""
         seed = re.search(r"/s(\d+)$", name)
         stage = int(seed.group(1)) if seed else 0
         if phase == "noise" or name.startswith(("eval/noise", "eval/dpo-noise")):
             stage += len(self.seeds)
+        stage = stage * (len(self.arms) + 1) + self._arm_rank(name)
         self.tasks[name] = Task(
             name,
             tuple(deps),
@@ -96,6 +99,12 @@ class StudyGraph(StudyState):
             self.model(name) if trains else None,
             stage,
         )
+
+    def _arm_rank(self, name: str) -> int:
+        """1 + the position of the task's arm in table order (0: the shared data and base)."""
+        part = [*name.split("/"), ""][1]
+        arm = {"reverse": "tis-dpo", "repair": "tidpo-repaired"}.get(part, part)
+        return self.arms.index(arm) + 1 if arm in self.arms else 0
 
     def build(self, assume_noise: Sequence[str] | None = None) -> dict[str, Task]:
         """The whole graph (``assume_noise``: the noise arms the cost estimates take while
