@@ -135,13 +135,19 @@ def test_yaml_duplicate_key_is_an_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_readme_python_example_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README's "In Python" block, run as written (1 step, in a temporary folder)."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    block = readme.split("## In Python", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+def test_training_doc_python_example_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/training.md's offline Python block (the default model, the bundled data), run as
+    written (1 step, in a temporary folder). The README's hub-id quickstart:
+    tests/test_readme_quickstart.py."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text(encoding="utf-8")
+    section = doc.split("## In Python, offline", 1)[1]
+    block = section.split("```python", 1)[1].split("```", 1)[0]
     assert "from tidpo import TIDPOConfig, TIDPOTrainer, load_preferences" in block
+    assert 'resolve_model("default")' in block and "max_steps=10" in block
     monkeypatch.chdir(tmp_path)
-    exec(compile(block.replace("max_steps=10", "max_steps=1"), "README.md", "exec"), {})
+    exec(compile(block.replace("max_steps=10", "max_steps=1"), "training.md", "exec"), {})
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "runs" / "python" / "model")

@@ -38,10 +38,13 @@ def test_summary_judges_the_gpu_targets() -> None:
 
 @pytest.mark.slow
 def test_dry_run_runs_every_phase_and_writes_the_summary(tmp_path: Path) -> None:
-    """About two minutes on this project's CPU: every phase's commands at toy sizes."""
+    """About two minutes on this project's CPU: every phase's commands at toy sizes. The time
+    caps are the GPU's: here they are raised, so a loaded CPU tests the flow, not its speed."""
     out = tmp_path / "out"
+    caps = {k: "600" for k in ("TESTS_S", "BENCH_1B_S", "ANCHORS_S", "BENCH_135M_S",
+                                "REFRESH_135M_S")}  # fmt: skip
     env = {**os.environ, "GPU_CHECK_DRY_RUN": "1", "OUT": str(out), "PYTHON": sys.executable,
-           "OMP_NUM_THREADS": "1"}  # fmt: skip
+           "OMP_NUM_THREADS": "1", "BUDGET_S": "3000", **caps}  # fmt: skip
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], env=env,
                           capture_output=True, text=True, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -162,6 +162,7 @@ def run_benchmarks(
     out_dir: str | os.PathLike[str] | None = None,
     precision: Precision | None = None,
     trust_remote_code: bool = False,
+    share_requests: bool = False,
 ) -> dict[str, Any]:
     """Score ``model`` on ``benchmarks`` with lm-eval, from the files in ``data_dir``.
 
@@ -169,6 +170,11 @@ def run_benchmarks(
     (default ``auto``) gives the device and the dtype of the weights (fp32 -> float32,
     bf16 -> bfloat16). Writes ``out_dir/benchmarks.json`` when ``out_dir`` is given. Returns the
     dictionary of the module docstring, with ``settings`` and ``notes``.
+
+    ``share_requests``: lm-eval's request cache (``simple_evaluate(use_cache=...)``), a SQLite
+    file in this call's temporary folder (so one model only, deleted afterwards): a request an
+    earlier benchmark of the call made is answered from it. TruthfulQA's MC1 answers are among
+    MC2's, after the same prompt: ``truthfulqa_mc2,truthfulqa_mc1`` computes MC1 for free.
 
     Raises:
         MissingExtraError: lm-eval (``tidpo[lmeval]``) is not installed.
@@ -206,6 +212,8 @@ def run_benchmarks(
         for name in names:
             begun, cpu = time.perf_counter(), time.process_time()
             kwargs = _lm_eval_kwargs(name, tasks[name]["n_docs"], cfg)
+            if share_requests:
+                kwargs["use_cache"] = str(Path(tmp) / "requests")
             res = lm_eval.simple_evaluate(model=lm, tasks=[name], task_manager=manager, **kwargs)
             elapsed = time.perf_counter() - begun
             n = int(res["n-samples"][name]["effective"])
@@ -227,7 +235,7 @@ def run_benchmarks(
                              "gsm8k_train.jsonl, which is not in --benchmark-data")  # fmt: skip
     out["settings"] = {"model": str(path), "benchmarks": names, "benchmark_data": str(data),
                        **asdict(cfg), "precision": choice.name, "dtype": _DTYPES[choice.name],
-                       "device": choice.device,
+                       "device": choice.device, "share_requests": share_requests,
                        "lm_eval_version": lm_eval.__version__}  # fmt: skip
     out["notes"] = notes
     out["elapsed_s"] = round(time.perf_counter() - started, 2)

@@ -16,8 +16,9 @@ from typing import Any
 
 from tidpo.errors import TidpoError
 
-__all__ = ["ARMS", "BUDGETS", "COMPARISONS", "PRIORITY", "STUDIES", "VARIANTS", "Arm", "Budget",
-           "ExperimentError", "flip_labels", "train_config"]  # fmt: skip
+__all__ = ["ARMS", "BUDGETS", "COMPARISONS", "PRIORITY", "REPAIRS", "REVERSE", "STUDIES",
+           "VARIANTS", "WEIGHTING_ARMS", "Arm", "Budget", "ExperimentError", "flip_labels",
+           "train_config"]  # fmt: skip
 
 
 class ExperimentError(TidpoError):
@@ -26,11 +27,13 @@ class ExperimentError(TidpoError):
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
-    """One trained configuration: `TIDPOConfig` overrides and the fraction of flipped labels."""
+    """One trained configuration: `TIDPOConfig` overrides and the fraction of flipped labels;
+    ``estimator``: the `tidpo weights --method` whose column it trains on (None: no file)."""
 
     label: str
     config: dict[str, Any]
     noise: float = 0.0
+    estimator: str | None = None
 
 
 ARMS: dict[str, Arm] = {
@@ -86,6 +89,39 @@ COMPARISONS: tuple[tuple[str, str, str], ...] = (
     *((v, "dpo", f"{ARMS[v].label} vs DPO") for v in VARIANTS),
 )
 """Paired comparisons (arm, against, what it tests), shown when both arms have results."""
+
+
+_COLUMN = {"loss": "dpo", "weighting": "column"}
+WEIGHTING_ARMS: dict[str, Arm] = {
+    "dpo": Arm("DPO", {"loss": "dpo"}),
+    "tidpo": Arm("TI-DPO (paper)", {"loss": "tidpo"}),
+    "tidpo-repaired": Arm("TI-DPO repaired (best of R1-R3 on dev)", {"loss": "tidpo"}),
+    "tgdpo": Arm("TGDPO", _COLUMN, estimator="tgdpo"),
+    "tis-dpo": Arm("TIS-DPO", _COLUMN, estimator="tis-dpo"),
+    "sepo": Arm(
+        "SePO", {"loss": "simpo", "weighting": "column", "simpo_gamma": 0.0}, estimator="sepo"
+    ),
+    "confpo": Arm("ConfPO", {"loss": "simpo", "confpo": True}),
+    "uniform": Arm("TI-DPO, uniform weights", {"loss": "tidpo", "weighting": "uniform"}),
+    "d2po": Arm("D2PO (gamma 0.98)", {"loss": "dpo", "position_decay": 0.98}),
+}
+"""The trained arms of the weighting study (issue 25), in table order (docs/method.md section 7
+and docs/weights.md say what each option does). ``tidpo-repaired`` takes its options from the
+`REPAIRS` combination chosen on the dev pairs; the noise arms are made from these
+(`tidpo.studies.weighting_budget`)."""
+
+_R1 = {"loss": "tidpo", "special_tokens": "mean", "tie_shared_prefix": True}
+REPAIRS: dict[str, dict[str, Any]] = {
+    "R1": _R1,
+    "R2": {**_R1, "weight_blend": 0.5},
+    "R3": {**_R1, "weight_rank": 0.3},
+}
+"""The candidate repairs of TI-DPO's weights (docs/method.md section 7.6), in order of
+simplicity: special tokens at weight 1 and one weight on the shared prefix (R1), plus a blend
+halfway to uniform (R2) or a rank mapping into [0.7, 1.3] of the mean (R3)."""
+
+REVERSE = Arm("reverse DPO (TIS-DPO's contrastive model)", {"loss": "dpo", "reverse_pairs": True})
+"""DPO on the swapped pairs: TIS-DPO's second model (not an arm of the tables)."""
 
 
 @dataclasses.dataclass(frozen=True)

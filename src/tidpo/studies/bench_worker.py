@@ -116,8 +116,10 @@ def _timer_callback(warmup: int, profile: Path | None, last: int, count_ops: boo
             if extra and self.index == last:
                 # the profiler's own records (a sampling step: some 200k events) would count in
                 # the process's peak: the peak that counts is the one before it
-                self.peak_before_profile_mb = (
-                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                # (the kernel's high-water mark can lag the last reading by a page or two)
+                self.peak_before_profile_mb = max(
+                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    self.between_mb or 0.0,
                 )
                 self.prof = start_profiler(cuda)
             self._sync()

@@ -30,7 +30,7 @@ from tidpo import functional as F
 
 __all__ = ["Forward", "attribution_graph", "attribution_scores", "attribution_target",
            "disable_dropout", "fused_head_agrees", "gradient_attribution", "head_agrees",
-           "output_head", "reference_logps", "run_forward",
+           "output_head", "reference_logps", "run_forward", "stack_rows",
            "token_logps"]  # fmt: skip
 
 # Config fields that make logits more than ``lm_head(hidden)`` (softcapping, scaling).
@@ -258,3 +258,10 @@ def attribution_graph(model: nn.Module, freeze: bool = True) -> Iterator[None]:
             p.requires_grad_(True)
         for m in layers:
             m.training = False
+
+
+def stack_rows(top: Tensor, bottom: Tensor) -> Tensor:
+    """Rows of two ``[n, w]`` tensors, right-padded with zeros to a common width (pair rows and
+    anchor rows of one step)."""
+    width = max(top.shape[1], bottom.shape[1])
+    return torch.cat([nn.functional.pad(x, (0, width - x.shape[1])) for x in (top, bottom)])

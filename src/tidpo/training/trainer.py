@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 from tidpo import functional as F
-from tidpo.data import eos_token_ids, pad_token_id
-from tidpo.data.collate import PreferenceCollator
+from tidpo.data import eos_token_ids
+from tidpo.training import trl_signature as sig
 from tidpo.training.anchors import AnchorSampler
 from tidpo.training.callbacks import (
     MetricsFileCallback,
@@ -34,11 +34,11 @@ from tidpo.training.forward import (
     Forward,
     attribution_graph,
     attribution_scores,
-    disable_dropout,
     head_agrees,
     output_head,
     reference_logps,
     run_forward,
+    stack_rows,
     token_logps,
 )
 from tidpo.training.objective import RandomDraws, StepTensors, step_loss, weight_span_mask
@@ -58,57 +58,41 @@ from tidpo.training.speed import SpeedTrainer
 __all__ = ["MetricsFileCallback", "NonFiniteLossError", "TIDPOTrainer", "prepare_dataset"]
 
 
-def _stack(top: Tensor, bottom: Tensor) -> Tensor:
-    """Rows of two ``[n, w]`` tensors, right-padded with zeros to a common width."""
-    width = max(top.shape[1], bottom.shape[1])
-    return torch.cat([nn.functional.pad(x, (0, width - x.shape[1])) for x in (top, bottom)])
-
-
 class TIDPOTrainer(SpeedTrainer):
-    """Trainer for TI-DPO and the baseline preference objectives (``TIDPOConfig.loss``).
-
-    Args:
-        model: the policy (a transformers causal LM, or a PEFT model for LoRA).
-        args: a `TIDPOConfig`.
-        train_dataset / eval_dataset: preference rows (`tidpo.data.load_preferences`), raw or
-            already tokenized.
-        processing_class: the tokenizer.
-        ref_model: the reference; None means the model at ``args.ref_model`` when that is set,
-            else a frozen copy of the policy (or, for a PEFT model, the policy with its adapter
-            disabled, so no second model is held).
-    """
+    """Trainer for TI-DPO and the baseline objectives (``TIDPOConfig.loss``), with TRL 1.16
+    `DPOTrainer`'s arguments and meanings (`tidpo.training.trl_signature`; docs/from-trl.md)."""
 
     args: TIDPOConfig
 
     def __init__(
         self,
-        model: nn.Module,
-        args: TIDPOConfig,
-        train_dataset: Dataset,
-        processing_class: PreTrainedTokenizerBase,
-        eval_dataset: Dataset | dict[str, Dataset] | None = None,
-        ref_model: nn.Module | None = None,
+        model: str | nn.Module,
+        ref_model: str | nn.Module | None = None,
+        args: sig.Args = None,
+        data_collator: sig.Collator | None = None,
+        train_dataset: sig.TrainData | None = None,
+        eval_dataset: sig.EvalData | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        compute_metrics: sig.Metrics | None = None,
         callbacks: list[TrainerCallback] | None = None,
+        optimizers: sig.Optimizers = (None, None),
+        optimizer_cls_and_kwargs: sig.OptimizerClsAndKwargs | None = None,
+        preprocess_logits_for_metrics: sig.Preprocess | None = None,
+        peft_config: sig.PeftConfig | None = None,
     ) -> None:
-        self.pad_token_id = pad_token_id(processing_class, model)
-        self.special_ids = torch.tensor(sorted(set(processing_class.all_special_ids)),
-                                        dtype=torch.long)  # fmt: skip
-        disable_dropout(model)
-        train_dataset = prepare_dataset(train_dataset, processing_class, args)
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {name: prepare_dataset(d, processing_class, args, i + 1)
-                            for i, (name, d) in enumerate(eval_dataset.items())}  # fmt: skip
-        elif eval_dataset is not None:
-            eval_dataset = prepare_dataset(eval_dataset, processing_class, args, 1)
+        got = sig.resolve(model, ref_model, args, train_dataset, eval_dataset, processing_class,
+                      peft_config, data_collator, compute_metrics)  # fmt: skip
+        model, ref_model, args, processing_class = (got.model, got.ref_model, got.args,
+                                                    got.processing_class)  # fmt: skip
+        train_dataset, eval_dataset = got.train_dataset, got.eval_dataset
+        self.pad_token_id, self.special_ids = got.pad_token_id, got.special_ids
         super().__init__(
-            model=model,
-            args=args,
-            data_collator=PreferenceCollator(self.pad_token_id),
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            callbacks=[MetricsFileCallback(), *(callbacks or [])],
-        )
+            model=model, args=args, data_collator=got.data_collator, train_dataset=train_dataset,
+            eval_dataset=eval_dataset, processing_class=processing_class,
+            compute_metrics=compute_metrics, callbacks=[MetricsFileCallback(), *(callbacks or [])],
+            optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        )  # fmt: skip
         self.loss_is_scaled_for_ga = False  # compute_loss returns a batch mean
         self.guard = NonFiniteGuard(self)
         self.random_draws = RandomDraws(args.seed)
@@ -321,9 +305,11 @@ class TIDPOTrainer(SpeedTrainer):
                 a_ids, a_am, a_rm = anchors
                 a_resp = a_rm[:, 1:]
                 a_lp = self._forward(model, a_ids, a_am, a_resp, False, False)[1]
-                policy_lp, response = _stack(policy_lp, a_lp), _stack(response, a_resp)
+                policy_lp, response = stack_rows(policy_lp, a_lp), stack_rows(response, a_resp)
                 if ref_lp is not None:
-                    ref_lp = _stack(ref_lp, self._reference_logps(model, a_ids, a_am, a_resp)[0])
+                    ref_lp = stack_rows(
+                        ref_lp, self._reference_logps(model, a_ids, a_am, a_resp)[0]
+                    )
         if cfg.needs_attribution and scores is None:
             scores = attribution_scores(fwd, pair_lp, am, cfg.attribution_target)
         gen = None
@@ -364,13 +350,30 @@ class TIDPOTrainer(SpeedTrainer):
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         """Evaluation loss without a training step's graph: none without attribution; with it,
         the attribution's alone (`attribution_graph`; sharded, the parameters stay as they are).
-        Its gradient goes to the embeddings only: no parameter's ``.grad`` is touched."""
+        Its gradient goes to the embeddings only: no parameter's ``.grad`` is touched. Unless
+        only the loss is asked for, TRL's logits and labels too (`metric_outputs`)."""
         inputs = self._prepare_inputs(inputs)
         needs = self.args.needs_attribution
         graph = attribution_graph(model, freeze=not self.sharded) if needs else torch.no_grad()
         with graph, self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        return (loss.detach(), *sig.metric_outputs(self, model, inputs))
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
+                 metric_key_prefix: str = "eval") -> dict[str, float]:  # fmt: skip
+        """`Trainer.evaluate`, also of rows in TRL's formats (`sig.evaluation_set`)."""
+        data = sig.evaluation_set(self, eval_dataset)
+        return super().evaluate(data, ignore_keys, metric_key_prefix)
+
+    def predict(self, test_dataset: Any, ignore_keys: list[str] | None = None,
+                metric_key_prefix: str = "test") -> sig.Prediction:  # fmt: skip
+        """`Trainer.predict`, also of rows in TRL's formats: logits and labels as TRL's
+        (`sig.metric_outputs`), the loss and the step metrics (`sig.with_step_means`)."""
+        data = sig.evaluation_set(self, test_dataset)
+        out = super().predict(data, ignore_keys, metric_key_prefix)
+        return sig.with_step_means(self, out, metric_key_prefix)
 
     def _save(
         self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None

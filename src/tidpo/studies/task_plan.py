@@ -1,0 +1,82 @@
+"""The plan and the bookkeeping of a task graph (`tidpo.studies.tasks`): `simulate` plays the
+graph out on its estimates (for ``--plan``), `describe` lists it, `phase_times` sums what the
+finished tasks took per phase.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tidpo.studies.tasks import Task, TaskStore, check_graph, critical_paths
+
+__all__ = ["describe", "phase_times", "simulate"]
+
+
+def simulate(graph: Mapping[str, Task], workers: int) -> dict[str, Any]:
+    """The graph played out on the estimates by ``workers`` workers (list scheduling, longest
+    stage, then longest path first, as `tidpo.studies.tasks.run_worker` takes them):
+    ``{"wall_s", "cpu_s", "phases": {phase: {"cpu_s", "start_s", "end_s"}}, "starts": {task:
+    start_s}}``."""
+    check_graph(graph)
+    prio = critical_paths(graph)
+    order = sorted(graph, key=lambda n: -prio[n])
+    finish: dict[str, float] = {}
+    starts: dict[str, float] = {}
+    free = [0.0] * workers
+    phases: dict[str, dict[str, float]] = {}
+    while len(finish) < len(graph):
+        w = min(range(workers), key=lambda i: free[i])
+        ready = [n for n in order if n not in finish and all(d in finish for d in graph[n].deps)]
+        start_at = {n: max([free[w], *(finish[d] for d in graph[n].deps)]) for n in ready}
+        name = min(ready, key=lambda n: (start_at[n], graph[n].stage, -prio[n]))
+        task = graph[name]
+        starts[name] = start_at[name]
+        finish[name] = start_at[name] + task.cost_s
+        free[w] = finish[name]
+        ph = phases.setdefault(task.phase, {"cpu_s": 0.0, "start_s": start_at[name], "end_s": 0.0})
+        ph["cpu_s"] += task.cost_s
+        ph["start_s"] = min(ph["start_s"], start_at[name])
+        ph["end_s"] = max(ph["end_s"], finish[name])
+    return {
+        "wall_s": max(finish.values(), default=0.0),
+        "cpu_s": sum(t.cost_s for t in graph.values()),
+        "phases": phases,
+        "starts": starts,
+    }
+
+
+def phase_times(graph: Mapping[str, Task], store: TaskStore) -> dict[str, dict[str, float]]:
+    """Per phase, from the results: core-minutes (CPU of the tasks) and wall minutes (first start
+    to last end)."""
+    out: dict[str, dict[str, float]] = {}
+    for task in graph.values():
+        res = store.result(task.name)
+        if res is None:
+            continue
+        ph = out.setdefault(
+            task.phase, {"cpu_min": 0.0, "start": float("inf"), "end": 0.0, "tasks": 0}
+        )
+        end = float(res.get("finished_at", 0.0))
+        ph["cpu_min"] += float(res.get("cpu_s", 0.0)) / 60
+        ph["start"] = min(ph["start"], end - float(res.get("elapsed_s", 0.0)))
+        ph["end"] = max(ph["end"], end)
+        ph["tasks"] += 1
+    return {
+        k: {
+            "cpu_min": round(v["cpu_min"], 1),
+            "wall_min": round((v["end"] - v["start"]) / 60, 1),
+            "tasks": v["tasks"],
+        }
+        for k, v in out.items()
+    }
+
+
+def describe(graph: Mapping[str, Task], names: Sequence[str] | None = None) -> list[str]:
+    """One line per task: name, estimate, dependencies (the plan's listing)."""
+    lines = []
+    for name in names or list(graph):
+        t = graph[name]
+        deps = ", ".join(t.deps) if t.deps else "-"
+        lines.append(f"{t.phase:<8} {name:<44} {t.cost_s / 60:6.1f} core-min  <- {deps}")
+    return lines
