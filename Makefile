@@ -8,6 +8,9 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
+# Test files run in parallel on TEST_WORKERS processes (pytest-xdist; a file stays on one).
+TEST_WORKERS ?= 2
+
 .PHONY: venv browser train test lint typecheck pytest clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
@@ -43,7 +46,7 @@ browser:
 	  else echo "chromium is missing: sudo apt-get install chromium (the page tests need it)"; fi; }
 
 pytest: $(STAMP) browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 

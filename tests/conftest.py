@@ -7,8 +7,10 @@ import os
 import tempfile
 from pathlib import Path
 
-# Nothing may reach a hub; point every cache at a temporary place.
-_TMP = tempfile.mkdtemp(prefix="tidpo-tests-")
+# Nothing may reach a hub; point every cache at a temporary place (one for the whole session:
+# pytest-xdist's workers inherit the environment of the process that started them).
+_TMP = os.environ.get("TIDPO_TESTS_TMP") or tempfile.mkdtemp(prefix="tidpo-tests-")
+os.environ["TIDPO_TESTS_TMP"] = _TMP
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -18,6 +20,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+# Under pytest-xdist (`make test`: TEST_WORKERS processes) the cores are shared out.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(
+        max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    )
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
