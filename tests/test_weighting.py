@@ -203,6 +203,23 @@ def test_report_items_comparisons_and_verdicts() -> None:
     assert "no detectable difference" in verdict_line("Z", compare(better, better))
 
 
+def test_report_has_the_base_model_and_what_dpo_gained_over_it(tmp_path: Path) -> None:
+    """The untrained model's one evaluation (``eval/base``, no seed in its name) is a row of the
+    main table, and DPO is compared with it."""
+    from tidpo.studies.weighting_report import write_weighting_report
+
+    graph = _graph(tmp_path, ["dpo"], seeds=1)
+    n = 40
+    _write(graph.store, "eval/base", _eval([False] * n, [[False]] * n, [0.0] * n))
+    _write(graph.store, "eval/dpo/s0", _eval([True] * n, [[True]] * n, [1.0] * n))
+    summary = write_weighting_report(graph, tmp_path)
+    report = (tmp_path / "weighting.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| base model (untrained)"))
+    assert "| 1 |" in row and "0.0" in row
+    assert "dpo - base" in summary["comparisons"] and "| dpo - base" in report
+    assert summary["comparisons"]["dpo - base"]["ifeval_prompt"]["verdict"] == "better"
+
+
 def test_plan_prints_the_graph_and_its_cost(tmp_path: Path, tiny_model_dir: Path) -> None:
     result = CliRunner().invoke(app, ["experiment", "weighting", "--plan", "--model",
                                       str(tiny_model_dir), "--real-data", str(SHARED / "data"),

@@ -131,7 +131,9 @@ def _collect(graph: Any) -> tuple[dict[str, dict[int, Any]], dict[str, dict[int,
     trains: dict[str, dict[int, Any]] = {}
     for label in labels:
         for s in graph.seeds:
-            res = store.result(f"eval/{label}/s{s}")
+            if label == "base" and s != graph.seeds[0]:
+                continue  # one evaluation of the untrained model (no seed in its name)
+            res = store.result("eval/base" if label == "base" else f"eval/{label}/s{s}")
             if res is not None:
                 evals.setdefault(label, {})[s] = res
             if label != "base" and res is not None and res.get("train_task"):
@@ -259,6 +261,8 @@ def write_weighting_report(graph: Any, out: Path) -> dict[str, Any]:
             if name in (ref, "base") or ref not in evals or name.startswith("noise"):
                 continue
             comps[f"{name} - {ref}"] = compare(evals[name], evals[ref])
+    if "base" in evals and "dpo" in evals:  # what DPO's training gained
+        comps["dpo - base"] = compare(evals["dpo"], evals["base"])
     for name in [n for n in evals if n.startswith("noise")]:
         if "dpo-noise" in evals:
             comps[f"{name} - dpo-noise"] = compare(evals[name], evals["dpo-noise"])
