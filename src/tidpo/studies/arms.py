@@ -11,14 +11,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tidpo.errors import TidpoError
 
 __all__ = ["ARMS", "BUDGETS", "COMPARISONS", "PRIORITY", "REPAIRS", "REVERSE", "STUDIES",
            "VARIANTS", "WEIGHTING_ARMS", "Arm", "Budget", "ExperimentError", "flip_labels",
-           "train_config"]  # fmt: skip
+           "run_config", "train_config"]  # fmt: skip
 
 
 class ExperimentError(TidpoError):
@@ -175,21 +175,32 @@ def flip_labels(
     return out, flipped
 
 
-def train_config(budget: Budget, arm: Arm, seed: int, n_rows: int) -> dict[str, Any]:
-    """The `TIDPOConfig` values of one arm under a budget (one pass when ``max_steps`` is None)."""
-    steps = budget.max_steps or math.ceil(n_rows / budget.batch_size)
+def run_config(
+    steps: int, batch_size: int, max_length: int, lr: float, warmup_steps: int,
+    anchor_max_new_tokens: int, options: Mapping[str, Any], seed: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The `TIDPOConfig` values of one study run: constant learning rate after warm-up, no
+    checkpoints, a log line per step, then the arm's ``options``, then the seed."""
     return {
         "max_steps": steps,
-        "per_device_train_batch_size": budget.batch_size,
-        "max_length": budget.max_length,
-        "learning_rate": budget.learning_rate,
+        "per_device_train_batch_size": batch_size,
+        "max_length": max_length,
+        "learning_rate": lr,
         "lr_scheduler_type": "constant_with_warmup",
-        "warmup_steps": budget.warmup_steps,
-        "anchor_max_new_tokens": budget.anchor_max_new_tokens,
+        "warmup_steps": warmup_steps,
+        "anchor_max_new_tokens": anchor_max_new_tokens,
         "save_strategy": "no",
         "report_to": "none",
         "disable_tqdm": True,
         "logging_steps": 1,
-        **arm.config,
+        **options,
         "seed": seed,
     }
+
+
+def train_config(budget: Budget, arm: Arm, seed: int, n_rows: int) -> dict[str, Any]:
+    """The `TIDPOConfig` values of one arm under a budget (one pass when ``max_steps`` is None)."""
+    steps = budget.max_steps or math.ceil(n_rows / budget.batch_size)
+    b = budget
+    return run_config(steps, b.batch_size, b.max_length, b.learning_rate, b.warmup_steps,
+                      b.anchor_max_new_tokens, arm.config, seed)  # fmt: skip

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
-from tidpo.studies.arms import ExperimentError
+from tidpo.studies.arms import ExperimentError, run_config
 
 __all__ = [
     "WEIGHTING_BUDGETS",
@@ -148,22 +148,9 @@ def training_config(
     budget: WeightingBudget, options: Mapping[str, Any], lr: float, seed: int
 ) -> dict[str, Any]:
     """The `TIDPOConfig` values of one training run (everything but the data and the folder)."""
-    return {
-        "max_steps": budget.steps,
-        "per_device_train_batch_size": budget.batch_size,
-        "max_length": budget.max_length,
-        "learning_rate": lr,
-        "lr_scheduler_type": "constant_with_warmup",
-        "warmup_steps": budget.warmup_steps,
-        "anchor_max_new_tokens": budget.anchor_max_new_tokens,
-        "save_strategy": "no",
-        "report_to": "none",
-        "disable_tqdm": True,
-        "logging_steps": 1,
-        "precision": budget.precision,
-        **options,
-        "seed": seed,
-    }
+    opts = {"precision": budget.precision, **options}
+    return run_config(budget.steps, budget.batch_size, budget.max_length, lr,
+                      budget.warmup_steps, budget.anchor_max_new_tokens, opts, seed)  # fmt: skip
 
 
 def dev_key(result: Mapping[str, Any]) -> tuple[Fraction, float]:
