@@ -1,7 +1,8 @@
 """Anchor decoding engines (``anchor_engine``, `tidpo.training.generation`): the static KV cache
 and the compiled decoding step give plain ``generate``'s tokens under a fixed seed (greedy and
-sampled); ``auto`` is compiled on CUDA and plain elsewhere or sharded; the option reaches the
-sampler's ``generate`` call; `tidpo bench --anchors` compares the engines."""
+sampled), and in training the same losses in fp32 and in bf16 (autocast); ``auto`` is compiled
+on CUDA and plain elsewhere or sharded; the option reaches the sampler's ``generate`` call;
+`tidpo bench --anchors` compares the engines."""
 
 from __future__ import annotations
 
@@ -43,13 +44,25 @@ def test_static_cache_gives_plain_generates_tokens(
         assert other.tokens != plain
 
 
+def _train_losses(model_dir: Path, out: Path, precision: str, engine: str) -> list[float]:
+    trainer = _trainer(model_dir, _config(out / f"{precision}-{engine}", max_steps=2,
+                                          precision=precision, anchor_engine=engine))  # fmt: skip
+    trainer.train()
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
 @pytest.mark.slow
-def test_compiled_decoding_gives_plain_generates_tokens(tiny_model_dir: Path) -> None:
-    """torch.compile (inductor) of the decoding step on a CPU: about a minute to compile."""
+def test_compiled_decoding_gives_plain_generates_tokens(tiny_model_dir: Path,
+                                                        tmp_path: Path) -> None:  # fmt: skip
+    """torch.compile (inductor) of the decoding step on a CPU: about a minute to compile, then
+    as much again for bf16 (the trainer's autocast: another graph)."""
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     for sampling in (None, SAMPLED):
         assert _tokens(model, "compiled", sampling) == _tokens(model, "plain", sampling)
     assert hasattr(model, "_compiled_call")  # transformers compiled the decoding step
+    plain = _train_losses(tiny_model_dir, tmp_path, "bf16", "plain")
+    compiled = _train_losses(tiny_model_dir, tmp_path, "bf16", "compiled")
+    assert compiled == pytest.approx(plain, rel=1e-6)
 
 
 def test_engine_arguments() -> None:
@@ -90,16 +103,16 @@ def test_anchor_engine_reaches_the_samplers_generate(
 
     monkeypatch.setattr(GenerationMixin, "generate", spy)
     losses = {}
-    for engine in ("plain", "static"):
-        seen.clear()
-        trainer = _trainer(tiny_model_dir, _config(tmp_path / engine, max_steps=2,
-                                                   anchor_engine=engine))  # fmt: skip
-        trainer.train()
-        assert len(seen) == 2  # one call a step (refresh 1)
-        assert all((kw.get("cache_implementation") == "static") == (engine == "static")
-                   for kw in seen)  # fmt: skip
-        losses[engine] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    assert losses["static"] == pytest.approx(losses["plain"], rel=1e-6)  # the same anchors
+    for precision in ("fp32", "bf16"):  # bf16: autocast, as the trainer runs it
+        for engine in ("plain", "static"):
+            seen.clear()
+            losses[precision, engine] = _train_losses(tiny_model_dir, tmp_path, precision, engine)
+            assert len(seen) == 2  # one call a step (refresh 1)
+            assert all((kw.get("cache_implementation") == "static") == (engine == "static")
+                       for kw in seen)  # fmt: skip
+        # the same anchors, so the same losses
+        assert losses[precision, "static"] == pytest.approx(losses[precision, "plain"], rel=1e-6)
+    assert losses["bf16", "plain"] != pytest.approx(losses["fp32", "plain"], rel=1e-6)
     with pytest.raises(ConfigError, match="anchor_engine: must be one of auto, plain"):
         _config(tmp_path, anchor_engine="vllm")
 
