@@ -21,24 +21,21 @@ What must hold:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from safetensors import safe_open
 
 import cpu_fsdp
+from sharded_runs import ROOT, launch_worker, record, run_beside
 from test_fsdp import write_data
 
-ROOT = Path(__file__).resolve().parents[1]
-WORKER = Path(__file__).with_name("ddp_worker.py")
 ENGINES = {"ddp": "ddp.yaml", "fsdp2": "fsdp2.yaml", "zero3": "deepspeed_zero3.yaml"}
 CONFIGS = {
     # attribution (hybrid weights) + anchors sampled from the policy (greedy: each rank draws the
@@ -89,41 +86,23 @@ def runs(tiny_model_dir: Path, data: Path, tmp_path_factory: pytest.TempPathFact
 
     out = tmp_path_factory.mktemp("bf16")
     specs = [f"{tag}:{spec}" for tag, spec in CONFIGS.items()]
-    procs: dict[str, subprocess.Popen[str]] = {}
     started = time.monotonic()
-    for engine, config in ENGINES.items():
-        launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                  str(ROOT / "configs" / "accelerate" / config), "--num_processes", "2",
-                  "--main_process_port", "0"]  # fmt: skip
-        env = cpu_fsdp.env(OMP_NUM_THREADS="1", TIDPO_CACHE=str(out / f"cache-{engine}"))
-        procs[engine] = subprocess.Popen(
-            [*launch, str(WORKER), str(tiny_model_dir), str(data), str(out / engine), "1",
-             *specs],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-        )  # fmt: skip
-    try:
+    procs = {engine: launch_worker(config, tiny_model_dir, data, out / engine, specs,
+                                   cpu_fsdp.env(OMP_NUM_THREADS="1",
+                                                TIDPO_CACHE=str(out / f"cache-{engine}")))
+             for engine, config in ENGINES.items()}  # fmt: skip
+
+    def baselines() -> None:
         (out / "one").mkdir()
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("TIDPO_CACHE", str(out / "cache-one"))
             for tag, spec in CONFIGS.items():
                 ddp_worker._run(str(tiny_model_dir), str(data), out / "one", 2, tag, spec)
-        for engine, proc in procs.items():
-            log, _ = proc.communicate(timeout=max(60.0, 900 - (time.monotonic() - started)))
-            (out / f"{engine}.log").write_text(log)
-            assert proc.returncode == 0, f"{engine}: exit code {proc.returncode}\n{log[-4000:]}"
-            assert "terminate called" not in log, log[-4000:]
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
+
+    run_beside(procs, baselines, timeout=900)
     print(f"bf16 suite: 3 launches + baselines in {time.monotonic() - started:.0f} s "
           f"({torch.backends.cpu.get_cpu_capability()})")  # fmt: skip
     return out
-
-
-def _record(folder: Path, tag: str, rank: int) -> dict[str, Any]:
-    record: dict[str, Any] = json.loads((folder / f"{tag}.rank{rank}.json").read_text())
-    return record
 
 
 CASES = [(engine, tag) for engine in ENGINES for tag in CONFIGS]
@@ -131,8 +110,8 @@ CASES = [(engine, tag) for engine in ENGINES for tag in CONFIGS]
 
 @pytest.mark.parametrize(("engine", "tag"), CASES)
 def test_bf16_step_one_is_exactly_one_process(runs: Path, engine: str, tag: str) -> None:
-    one = _record(runs / "one", tag, 0)
-    ranks = [_record(runs / engine, tag, r) for r in (0, 1)]
+    one = record(runs / "one", tag, 0)
+    ranks = [record(runs / engine, tag, r) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2] and one["world_size"] == 1
     assert ranks[0]["sharded"] == (engine != "ddp")
     assert one["rows"][0::2] == ranks[0]["rows"] and one["rows"][1::2] == ranks[1]["rows"]
@@ -151,8 +130,8 @@ def test_bf16_step_one_is_exactly_one_process(runs: Path, engine: str, tag: str)
 def test_bf16_later_steps_are_within_rounding_of_one_process(
     runs: Path, engine: str, tag: str
 ) -> None:
-    one = _record(runs / "one", tag, 0)["losses"]
-    two = _record(runs / engine, tag, 0)["losses"]
+    one = record(runs / "one", tag, 0)["losses"]
+    two = record(runs / engine, tag, 0)["losses"]
     assert len(one) == len(two) == 3
     assert abs(one[2] - one[0]) > 1e-3  # the updates moved the loss: the bound is not vacuous
     for step in (2, 3):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,11 +21,8 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-ROOT = Path(__file__).resolve().parents[1]
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch",
-          "--config_file", str(ROOT / "configs" / "accelerate" / "ddp.yaml"),
-          "--num_processes", "2", "--main_process_port", "0"]  # fmt: skip
-WORKER = Path(__file__).with_name("ddp_worker.py")
+from sharded_runs import launch_worker, max_diff, record, run_beside
+
 CONFIGS = {
     "tidpo": "loss=tidpo,anchor_source=column",  # attribution + column anchors + frozen reference
     "dpo": "loss=dpo,anchor_source=column",
@@ -62,32 +58,21 @@ def runs(tiny_model_dir: Path, data: Path, tmp_path_factory: pytest.TempPathFact
 
     out = tmp_path_factory.mktemp("ddp")
     specs = [f"{tag}:{spec}" for tag, spec in CONFIGS.items()]
-    proc = subprocess.Popen(
-        [*LAUNCH, str(WORKER), str(tiny_model_dir), str(data), str(out / "two"), "1", *specs],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    try:
+    proc = launch_worker("ddp.yaml", tiny_model_dir, data, out / "two", specs)
+
+    def baselines() -> None:
         (out / "one").mkdir()
         for tag in ("tidpo", "dpo"):
             ddp_worker._run(str(tiny_model_dir), str(data), out / "one", 2, tag, CONFIGS[tag])
-        log, _ = proc.communicate(timeout=400)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, log[-4000:]
+
+    run_beside({"ddp": proc}, baselines)
     return out
-
-
-def _record(folder: Path, tag: str, rank: int) -> dict[str, Any]:
-    record: dict[str, Any] = json.loads((folder / f"{tag}.rank{rank}.json").read_text())
-    return record
 
 
 @pytest.mark.parametrize("tag", ["tidpo", "dpo"])
 def test_two_processes_train_like_one_with_twice_the_batch(runs: Path, tag: str) -> None:
-    one = _record(runs / "one", tag, 0)
-    ranks = [_record(runs / "two", tag, r) for r in (0, 1)]
+    one = record(runs / "one", tag, 0)
+    ranks = [record(runs / "two", tag, r) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert all(r["distributed_type"] == "DistributedType.MULTI_CPU" for r in ranks)
     # the same global batches: step s of one process = rank 0's row + rank 1's row
@@ -100,18 +85,18 @@ def test_two_processes_train_like_one_with_twice_the_batch(runs: Path, tag: str)
     assert ranks[0]["weight_sum"] == ranks[1]["weight_sum"]  # the replicas stay identical
     w1 = load_file(str(runs / "one" / f"{tag}.safetensors"))
     w2 = load_file(str(runs / "two" / f"{tag}.safetensors"))
-    wdiff = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
+    wdiff = max_diff(w1, w2)
     print(f"{tag}: max |weight(2 x 1) - weight(1 x 2)| after 3 steps = {wdiff:.2e}")
     assert wdiff < 1e-5
 
 
 def test_policy_anchors_each_rank_samples_its_own_rows(runs: Path) -> None:
-    ranks = [_record(runs / "two", "policy", r) for r in (0, 1)]
+    ranks = [record(runs / "two", "policy", r) for r in (0, 1)]
     assert not set(ranks[0]["rows"]) & set(ranks[1]["rows"])
     assert [r["anchor_rows_sampled"] for r in ranks] == [3, 3]  # 3 steps x 1 row, no hang
     assert all(math.isfinite(x) for x in ranks[0]["losses"]) and len(ranks[0]["losses"]) == 3
     assert ranks[0]["weight_sum"] == ranks[1]["weight_sum"]
-    window = [_record(runs / "two", "window", r) for r in (0, 1)]
+    window = [record(runs / "two", "window", r) for r in (0, 1)]
     assert [r["rows"] for r in window] == [r["rows"] for r in ranks]  # the same rows, seed 0
     assert [(r["anchor_rows_sampled"], r["anchor_generate_calls"]) for r in window] == [(3, 1)] * 2
     assert [r["anchor_generate_calls"] for r in ranks] == [3, 3]
@@ -184,5 +169,5 @@ def test_num_processes_command_line(
 
 
 def test_a_nonfinite_loss_on_one_rank_is_skipped_by_every_rank(runs: Path) -> None:
-    ranks = [_record(runs / "two", "nan", r) for r in (0, 1)]
+    ranks = [record(runs / "two", "nan", r) for r in (0, 1)]
     assert ranks[0]["weight_sum"] == ranks[1]["weight_sum"]

@@ -30,13 +30,9 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import cpu_fsdp
+from sharded_runs import launch_worker, max_diff, record, run_beside
 from test_ddp import PAIRS
 
-ROOT = Path(__file__).resolve().parents[1]
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch",
-          "--config_file", str(ROOT / "configs" / "accelerate" / "fsdp2.yaml"),
-          "--num_processes", "2", "--main_process_port", "0"]  # fmt: skip
-WORKER = Path(__file__).with_name("ddp_worker.py")
 POLICY = "anchor_source=policy,anchor_top_k=1"
 CONFIGS = {
     # attribution (hybrid weights) + anchors sampled from the sharded policy + frozen reference
@@ -75,39 +71,24 @@ def runs(tiny_model_dir: Path, data: Path, tmp_path_factory: pytest.TempPathFact
 
     out = tmp_path_factory.mktemp("fsdp")
     specs = [f"{tag}:{spec}" for tag, spec in CONFIGS.items()]
-    proc = subprocess.Popen(
-        [*LAUNCH, str(WORKER), str(tiny_model_dir), str(data), str(out / "two"), "1", *specs],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=cpu_fsdp.env(OMP_NUM_THREADS="1", TIDPO_CACHE=str(out / "cache-two")),
-    )  # fmt: skip
-    try:
+    env = cpu_fsdp.env(OMP_NUM_THREADS="1", TIDPO_CACHE=str(out / "cache-two"))
+    proc = launch_worker("fsdp2.yaml", tiny_model_dir, data, out / "two", specs, env)
+
+    def baselines() -> None:
         (out / "one").mkdir()
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("TIDPO_CACHE", str(out / "cache-one"))
             for tag, spec in CONFIGS.items():
                 ddp_worker._run(str(tiny_model_dir), str(data), out / "one", 2, tag, spec)
-        log, _ = proc.communicate(timeout=400)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, log[-4000:]
+
+    run_beside({"fsdp2": proc}, baselines)
     return out
-
-
-def _record(folder: Path, tag: str, rank: int) -> dict[str, Any]:
-    record: dict[str, Any] = json.loads((folder / f"{tag}.rank{rank}.json").read_text())
-    return record
-
-
-def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert sorted(a) == sorted(b)
-    return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
 @pytest.mark.parametrize("tag", ["tidpo", "dpo", "lora", "window"])
 def test_fsdp2_two_processes_train_like_one_with_twice_the_batch(runs: Path, tag: str) -> None:
-    one = _record(runs / "one", tag, 0)
-    ranks = [_record(runs / "two", tag, r) for r in (0, 1)]
+    one = record(runs / "one", tag, 0)
+    ranks = [record(runs / "two", tag, r) for r in (0, 1)]
     assert all(r["distributed_type"] == "DistributedType.FSDP" and r["sharded"] for r in ranks)
     assert not one["sharded"] and one["world_size"] == 1
     # each rank holds half of every weight (and of its Adam moments), not a full replica
@@ -118,7 +99,7 @@ def test_fsdp2_two_processes_train_like_one_with_twice_the_batch(runs: Path, tag
     diff = max(abs(a - b) for a, b in zip(one["losses"], ranks[0]["losses"], strict=True))
     w1 = load_file(str(runs / "one" / f"{tag}.safetensors"))
     w2 = load_file(str(runs / "two" / f"{tag}.safetensors"))  # gathered from the shards
-    wdiff = _max_diff(w1, w2)
+    wdiff = max_diff(w1, w2)
     print(f"fsdp2 {tag}: max |loss(2 x 1) - loss(1 x 2)| = {diff:.2e}, max |weight| = {wdiff:.2e}")
     assert len(one["losses"]) == 3 and diff < 1e-5 and wdiff < 1e-5
     if tag != "dpo":  # the triplet's anchors: each rank sampled its own row at every step
@@ -133,13 +114,13 @@ def test_fsdp2_two_processes_train_like_one_with_twice_the_batch(runs: Path, tag
 def test_fsdp2_a_nonfinite_loss_on_one_rank_is_skipped_by_every_rank(runs: Path) -> None:
     """Rank 0's step 2 is NaN: both ranks skip it, so the weights are those of one process that
     skipped the same step (had rank 1 stepped alone, its shard would have moved)."""
-    ranks = [_record(runs / "two", "nan", r) for r in (0, 1)]
-    one = _record(runs / "one", "nan", 0)
+    ranks = [record(runs / "two", "nan", r) for r in (0, 1)]
+    one = record(runs / "one", "nan", 0)
     assert [r["skipped_steps"] for r in ranks] == [1, 1] and one["skipped_steps"] == 1
     w1 = load_file(str(runs / "one" / "nan.safetensors"))
     w2 = load_file(str(runs / "two" / "nan.safetensors"))
     assert all(torch.isfinite(t).all() for t in w2.values())
-    assert _max_diff(w1, w2) < 1e-5
+    assert max_diff(w1, w2) < 1e-5
 
 
 def test_fsdp2_reference_cache_is_built_once_and_shared(runs: Path) -> None:
@@ -149,14 +130,14 @@ def test_fsdp2_reference_cache_is_built_once_and_shared(runs: Path) -> None:
     (one,) = (runs / "cache-one" / "ref-logps").glob("*.safetensors")
     assert two.name == one.name  # the same model, data and settings key
     a, b = load_file(str(one)), load_file(str(two))
-    assert _max_diff(a, b) < 1e-5 and sum(t.numel() for t in b.values()) > 0
-    one_run = _record(runs / "one", "cache", 0)
-    ranks = [_record(runs / "two", "cache", r) for r in (0, 1)]
+    assert max_diff(a, b) < 1e-5 and sum(t.numel() for t in b.values()) > 0
+    one_run = record(runs / "one", "cache", 0)
+    ranks = [record(runs / "two", "cache", r) for r in (0, 1)]
     assert ranks[0]["losses"] == ranks[1]["losses"]
     diff = max(abs(x - y) for x, y in zip(one_run["losses"], ranks[0]["losses"], strict=True))
     w1 = load_file(str(runs / "one" / "cache.safetensors"))
     w2 = load_file(str(runs / "two" / "cache.safetensors"))
-    wdiff = _max_diff(w1, w2)
+    wdiff = max_diff(w1, w2)
     print(f"fsdp2 cache: max |loss(2 x 1) - loss(1 x 2)| = {diff:.2e}, max |weight| = {wdiff:.2e}")
     # The cache's 1e-6 differences reach two embedding rows whose gradients are at Adam's eps
     # (1.5e-4 after 3 steps at lr 1e-3); DDP with the same cache gives the same weights as FSDP2
@@ -218,8 +199,8 @@ def test_fsdp2_kill_then_resume_gives_the_uninterrupted_weights(
     a = AutoModelForCausalLM.from_pretrained(killed / "model").state_dict()
     b = AutoModelForCausalLM.from_pretrained(full / "model").state_dict()
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
-    assert _max_diff(a, base) > 1e-6  # it trained
-    diff = _max_diff(a, b)
+    assert max_diff(a, base) > 1e-6  # it trained
+    diff = max_diff(a, b)
     print(f"fsdp2 kill + resume: max |weight(resumed) - weight(uninterrupted)| = {diff:.2e}")
     assert diff < 1e-5
 
@@ -287,7 +268,7 @@ def test_fsdp2_lora_saves_the_merged_model_of_one_process(
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "model").state_dict()
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     assert not any("lora" in k for k in b)  # merged: a plain causal LM
-    assert _max_diff(b, base) > 1e-4  # the merged adapter moved the weights
-    diff = _max_diff(a, b)
+    assert max_diff(b, base) > 1e-4  # the merged adapter moved the weights
+    diff = max_diff(a, b)
     print(f"fsdp2 lora model/: max |weight(2 x 1) - weight(1 x 2)| = {diff:.2e}")
     assert diff < 1e-5

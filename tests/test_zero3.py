@@ -13,19 +13,15 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import deepspeed  # noqa: F401  (the dev extra installs it: a missing one must fail, not skip)
 import pytest
 from safetensors.torch import load_file
 
-from test_fsdp import CONFIGS, WORKER, _max_diff, _record, write_data
+from sharded_runs import launch_worker, max_diff, record, run_beside
+from test_fsdp import CONFIGS, write_data
 
-ROOT = Path(__file__).resolve().parents[1]
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch",
-          "--config_file", str(ROOT / "configs" / "accelerate" / "deepspeed_zero3.yaml"),
-          "--num_processes", "2", "--main_process_port", "0"]  # fmt: skip
 TAGS = ["tidpo", "dpo", "lora", "window"]
 # LoRA + precompute_ref: the reference (the adapter off) scored into the cache before the engine
 # exists, from a model transformers loaded partitioned
@@ -38,11 +34,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _launch(model: Path, data: Path, out: Path, *specs: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [*LAUNCH, str(WORKER), str(model), str(data), str(out), "1", *specs],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "TIDPO_CACHE": str(out / "cache")},
-    )  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TIDPO_CACHE": str(out / "cache")}
+    return launch_worker("deepspeed_zero3.yaml", model, data, out, list(specs), env)
 
 
 def _eval_spec(tiny_model_dir: Path, out: Path) -> str:
@@ -67,25 +60,23 @@ def runs(tiny_model_dir: Path, data: Path, tmp_path_factory: pytest.TempPathFact
     specs = {**{t: CONFIGS[t] for t in TAGS}, "eval": _eval_spec(tiny_model_dir, out),
              "lora_cache": LORA_CACHE}  # fmt: skip
     proc = _launch(tiny_model_dir, data, out / "two", *(f"{t}:{s}" for t, s in specs.items()))
-    try:
+
+    def baselines() -> None:
         (out / "one").mkdir()
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("TIDPO_CACHE", str(out / "one" / "cache"))
             for tag, spec in specs.items():
                 batch = 1 if tag == "eval" else 2
                 ddp_worker._run(str(tiny_model_dir), str(data), out / "one", batch, tag, spec)
-        log, _ = proc.communicate(timeout=400)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, log[-4000:]
+
+    run_beside({"zero3": proc}, baselines)
     return out
 
 
 @pytest.mark.parametrize("tag", TAGS)
 def test_zero3_two_processes_train_like_one_with_twice_the_batch(runs: Path, tag: str) -> None:
-    one = _record(runs / "one", tag, 0)
-    ranks = [_record(runs / "two", tag, r) for r in (0, 1)]
+    one = record(runs / "one", tag, 0)
+    ranks = [record(runs / "two", tag, r) for r in (0, 1)]
     assert all(r["distributed_type"] == "DistributedType.DEEPSPEED" and r["sharded"] for r in ranks)
     assert all(2 * r["param_bytes"] == one["param_bytes"] for r in ranks)  # ZeRO-3 partitions
     assert one["rows"][0::2] == ranks[0]["rows"] and one["rows"][1::2] == ranks[1]["rows"]
@@ -93,7 +84,7 @@ def test_zero3_two_processes_train_like_one_with_twice_the_batch(runs: Path, tag
     diff = max(abs(a - b) for a, b in zip(one["losses"], ranks[0]["losses"], strict=True))
     w1 = load_file(str(runs / "one" / f"{tag}.safetensors"))
     w2 = load_file(str(runs / "two" / f"{tag}.safetensors"))  # gathered (16-bit save: fp32 here)
-    wdiff = _max_diff(w1, w2)
+    wdiff = max_diff(w1, w2)
     print(f"zero3 {tag}: max |loss(2 x 1) - loss(1 x 2)| = {diff:.2e}, max |weight| = {wdiff:.2e}")
     assert len(one["losses"]) == 3 and diff < 1e-5 and wdiff < 1e-5
     if tag != "dpo":
@@ -112,9 +103,9 @@ def test_zero3_lora_reference_cache_is_one_process_cache(runs: Path) -> None:
     (one,) = (runs / "one" / "cache" / "ref-logps").glob("*.safetensors")
     assert two.name == one.name  # the same model, data and settings key
     a, b = load_file(str(one)), load_file(str(two))
-    assert _max_diff(a, b) < 1e-5 and float(b["values"].abs().sum()) > 0
-    one_run = _record(runs / "one", "lora_cache", 0)
-    ranks = [_record(runs / "two", "lora_cache", r) for r in (0, 1)]
+    assert max_diff(a, b) < 1e-5 and float(b["values"].abs().sum()) > 0
+    one_run = record(runs / "one", "lora_cache", 0)
+    ranks = [record(runs / "two", "lora_cache", r) for r in (0, 1)]
     diff = max(abs(x - y) for x, y in zip(one_run["losses"], ranks[0]["losses"], strict=True))
     print(f"zero3 lora + cache: max |loss(2 x 1) - loss(1 x 2)| = {diff:.2e}")
     assert diff < 1e-5
