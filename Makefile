@@ -8,7 +8,8 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-# Test files run in parallel on TEST_WORKERS processes (pytest-xdist; a file stays on one).
+# Test files run in parallel on TEST_WORKERS processes (pytest-xdist; a file stays on one); the
+# 30 slowest tests are listed at the end (the suite should stay well under 15 minutes on 2 cores).
 TEST_WORKERS ?= 2
 
 .PHONY: venv browser train test lint typecheck pytest clean
@@ -46,7 +47,7 @@ browser:
 	  else echo "chromium is missing: sudo apt-get install chromium (the page tests need it)"; fi; }
 
 pytest: $(STAMP) browser
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30 $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
