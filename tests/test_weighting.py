@@ -19,7 +19,7 @@ from tidpo.studies.tasks import TaskStore
 from tidpo.studies.weighting_budget import WEIGHTING_BUDGETS, pick_best, training_config
 from tidpo.studies.weighting_data import check_training_folder, make_splits, read_jsonl
 from tidpo.studies.weighting_graph import StudyGraph
-from tidpo.studies.weighting_report import compare, item_values, verdict_line
+from tidpo.studies.weighting_report import _diff_cell, compare, item_values, verdict_line
 from tidpo.studies.weighting_work import Work
 
 REAL = WEIGHTING_BUDGETS["real"]
@@ -201,6 +201,19 @@ def test_report_items_comparisons_and_verdicts() -> None:
     assert verdict_line("X", comp).startswith("**X beats DPO** on IFEval prompt strict %")
     assert "is worse than DPO" in verdict_line("Y", compare(worse, better))
     assert "no detectable difference" in verdict_line("Z", compare(better, better))
+
+
+def test_a_bound_just_clear_of_zero_does_not_read_as_zero() -> None:
+    """A lower bound of +0.03 points (MC2, ConfPO - DPO, seed 0 of the study) printed as +0.0
+    beside ▲ read as an interval touching 0."""
+    clear = {"diff": 0.0236, "low": 0.000292, "high": 0.05, "verdict": "better"}
+    assert _diff_cell(clear, "mc2") == "+2.4 [+0.029, +5.0] ▲"
+    touching = {"diff": 0.025, "low": 0.0, "high": 0.075, "verdict": "no detectable difference"}
+    assert _diff_cell(touching, "mc1") == "+2.5 [+0.0, +7.5]"
+    noise = {"diff": 0.5, "low": 1e-12, "high": 0.9, "verdict": "no detectable difference"}
+    assert _diff_cell(noise, "heldout_margin") == "+0.500 [+0.000, +0.900]"
+    small = {"diff": 0.0236, "low": -0.0004, "high": 0.05, "verdict": "no detectable difference"}
+    assert _diff_cell(small, "heldout_margin") == "+0.024 [-0.0004, +0.050]"
 
 
 def test_report_has_the_base_model_and_what_dpo_gained_over_it(tmp_path: Path) -> None:

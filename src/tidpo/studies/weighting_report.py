@@ -72,10 +72,17 @@ def _seed_values(per_seed: Mapping[int, Mapping[str, Any]], metric: str) -> list
 
 
 def _fmt(value: float | None, metric: str, signed: bool = False) -> str:
+    """``value`` in the metric's unit (points or as is); a value that is not 0 (beyond the
+    verdict's tolerance) but rounds to 0 keeps two significant digits, so that an interval
+    clear of 0 never reads as one touching it."""
     if value is None:
         return "—"
+    sign = "+" if signed else ""
     scale, digits = (1, 3) if metric in _NOT_PCT else (100, 1)
-    return f"{scale * value:{'+' if signed else ''}.{digits}f}"
+    text = f"{scale * value:{sign}.{digits}f}"
+    if abs(value) > 1e-9 and float(text) == 0:
+        text = f"{scale * value:{sign}.2g}"
+    return text
 
 
 def _cell(stat: Mapping[str, Any], metric: str) -> str:
