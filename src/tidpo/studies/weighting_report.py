@@ -71,16 +71,16 @@ def _seed_values(per_seed: Mapping[int, Mapping[str, Any]], metric: str) -> list
     return [v for r in per_seed.values() if (v := _seed_value(r, metric)) is not None]
 
 
-def _fmt(value: float | None, metric: str, signed: bool = False) -> str:
-    """``value`` in the metric's unit (points or as is); a value that is not 0 (beyond the
-    verdict's tolerance) but rounds to 0 keeps two significant digits, so that an interval
-    clear of 0 never reads as one touching it."""
+def _fmt(value: float | None, metric: str, signed: bool = False, bound: bool = False) -> str:
+    """``value`` in the metric's unit (points or as is). An interval's ``bound`` that is not 0
+    (beyond the verdict's tolerance) but rounds to 0 keeps two significant digits, so that an
+    interval clear of 0 never reads as one touching it."""
     if value is None:
         return "—"
     sign = "+" if signed else ""
     scale, digits = (1, 3) if metric in _NOT_PCT else (100, 1)
     text = f"{scale * value:{sign}.{digits}f}"
-    if abs(value) > 1e-9 and float(text) == 0:
+    if bound and abs(value) > 1e-9 and float(text) == 0:
         text = f"{scale * value:{sign}.2g}"
     return text
 
@@ -97,8 +97,8 @@ def _diff_cell(stat: Mapping[str, Any], metric: str) -> str:
         return "—"
     flag = {"better": " ▲", "worse": " ▼"}.get(stat["verdict"], "")
     return (
-        f"{_fmt(stat['diff'], metric, True)} [{_fmt(stat['low'], metric, True)}, "
-        f"{_fmt(stat['high'], metric, True)}]{flag}"
+        f"{_fmt(stat['diff'], metric, True)} [{_fmt(stat['low'], metric, True, True)}, "
+        f"{_fmt(stat['high'], metric, True, True)}]{flag}"
     )
 
 
