@@ -29,14 +29,16 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
-# The heaviest test files, slowest first (one process, AVX2 CPU, 2026-12-07). `make test` hands
-# whole files to its processes in collection order (`--dist loadfile --no-loadscope-reorder`):
-# starting with the longest keeps one process from being left with a long file at the end.
+# The heaviest test files, slowest first (their tests' time in `make test`, 2 processes, AVX2 CPU,
+# 2026-12-07). `make test` hands whole files to its processes in collection order (`--dist
+# loadfile --no-loadscope-reorder`): starting with the longest keeps one process from being left
+# with a long file at the end.
 HEAVY_FIRST = (
-    "test_weighting_e2e.py", "test_fsdp.py", "test_bench.py", "test_wheel.py",
-    "test_bf16_sharded.py", "test_anchor_engines.py", "test_zero3.py", "test_lm_eval.py",
-    "test_cli_train.py", "test_ddp.py", "test_kill_resume.py", "test_compile_step.py",
-    "test_quiet_deepspeed.py", "test_hub.py", "test_models.py",
+    "test_weighting_e2e.py", "test_bench.py", "test_fsdp.py", "test_bf16_sharded.py",
+    "test_gpu_check.py", "test_wheel.py", "test_zero3.py", "test_lm_eval.py",
+    "test_kill_resume.py", "test_ddp.py", "test_quiet_deepspeed.py", "test_anchor_engines.py",
+    "test_cli_train.py", "test_compile_step.py", "test_models.py", "test_bench_flops.py",
+    "test_bad_input_generated.py", "test_hub.py",
 )  # fmt: skip
 
 
