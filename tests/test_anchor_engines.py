@@ -48,6 +48,8 @@ def _train_losses(model_dir: Path, out: Path, precision: str, engine: str) -> li
     trainer = _trainer(model_dir, _config(out / f"{precision}-{engine}", max_steps=2,
                                           precision=precision, anchor_engine=engine))  # fmt: skip
     trainer.train()
+    # transformers compiles the decoding step on the model it decodes with, only for `compiled`
+    assert hasattr(trainer.model, "_compiled_call") == (engine == "compiled")
     return [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
 

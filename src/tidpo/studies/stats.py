@@ -19,7 +19,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["mean_interval", "paired_bootstrap", "paired_seeds", "t_quantile", "verdict"]
+__all__ = ["ZERO_TOL", "mean_interval", "paired_bootstrap", "paired_seeds", "t_quantile", "verdict"]
 
 # Two-sided 95 % quantiles of Student's t by degrees of freedom (1..30); beyond, the normal's.
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
@@ -91,7 +91,12 @@ def paired_seeds(a: Sequence[float | None], b: Sequence[float | None]) -> dict[s
     return {"diff": got["mean"], "low": got["low"], "high": got["high"], "n_seeds": got["n"]}
 
 
-def verdict(stat: dict[str, Any], higher_is_better: bool = True, tol: float = 1e-9) -> str:
+ZERO_TOL = 1e-9
+"""How far from 0 a bound of a difference must be to count as clear of it (float rounding of
+equal values is no difference)."""
+
+
+def verdict(stat: dict[str, Any], higher_is_better: bool = True, tol: float = ZERO_TOL) -> str:
     """Which way a difference goes: "no detectable difference" when its interval covers 0
     (within ``tol``, so that float rounding of equal values is no difference)."""
     low, high = stat.get("low"), stat.get("high")

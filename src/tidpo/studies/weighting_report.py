@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tidpo.fileio import write_json_atomic
-from tidpo.studies.stats import mean_interval, paired_bootstrap, verdict
+from tidpo.studies.stats import ZERO_TOL, mean_interval, paired_bootstrap, verdict
 
 __all__ = ["BENCH_METRICS", "METRICS", "item_values", "verdict_line", "write_weighting_report"]
 
@@ -80,7 +80,7 @@ def _fmt(value: float | None, metric: str, signed: bool = False, bound: bool = F
     sign = "+" if signed else ""
     scale, digits = (1, 3) if metric in _NOT_PCT else (100, 1)
     text = f"{scale * value:{sign}.{digits}f}"
-    if bound and abs(value) > 1e-9 and float(text) == 0:
+    if bound and abs(value) > ZERO_TOL and float(text) == 0:
         text = f"{scale * value:{sign}.2g}"
     return text
 
