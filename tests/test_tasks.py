@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tidpo.studies.task_plan import simulate
+from tidpo.studies.task_plan import busy_s, phase_times, simulate
 from tidpo.studies.tasks import Task, TaskStore, critical_paths, run_worker
 
 WORKER = Path(__file__).with_name("task_worker.py")
@@ -203,3 +203,34 @@ def test_a_lower_stage_runs_first_whatever_its_path(tmp_path: Path) -> None:
     assert critical_paths(graph)["s1/train"] > critical_paths(graph)["s0/eval"]
     # the plan's simulation takes them in the same order
     assert simulate(graph, 1)["wall_s"] == 102.0
+
+
+def test_phase_times_count_the_busy_wall_time_not_the_gaps_between_sessions(
+    tmp_path: Path,
+) -> None:
+    """Two workers in one session (overlapping runs), then one task a day later: the wall time
+    is the union of the run intervals, by hand; the CPU time is their sum."""
+
+    def noop() -> dict[str, Any]:
+        return {}
+
+    day = 86400.0
+    runs = {  # name: (phase, start, end, cpu)
+        "t1": ("train", 0.0, 600.0, 590.0),
+        "t2": ("train", 300.0, 1200.0, 880.0),  # beside t1: 0-1200 busy
+        "e1": ("eval", 1200.0, 1500.0, 290.0),
+        "t3": ("train", day, day + 120.0, 118.0),  # the next session
+    }
+    graph = {n: Task(n, (), noop, 1.0, phase) for n, (phase, *_) in runs.items()}
+    graph["never"] = Task("never", (), noop, 1.0, "eval")  # not finished: not counted
+    store = TaskStore(tmp_path)
+    for name, (_, start, end, cpu) in runs.items():
+        store.folder(name).mkdir(parents=True)
+        store.result_path(name).write_text(json.dumps(
+            {"finished_at": end, "elapsed_s": end - start, "cpu_s": cpu}))  # fmt: skip
+    got = phase_times(graph, store)
+    assert list(got) == ["train", "eval", "all"]
+    assert got["train"] == {"cpu_min": round(1588 / 60, 1), "wall_min": 22.0, "tasks": 3}
+    assert got["eval"] == {"cpu_min": round(290 / 60, 1), "wall_min": 5.0, "tasks": 1}
+    assert got["all"] == {"cpu_min": round(1878 / 60, 1), "wall_min": 27.0, "tasks": 4}
+    assert busy_s([]) == 0.0 and busy_s([(0.0, 5.0), (1.0, 2.0), (5.0, 7.0)]) == 7.0

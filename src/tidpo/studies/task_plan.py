@@ -10,7 +10,7 @@ from typing import Any
 
 from tidpo.studies.tasks import Task, TaskStore, check_graph, critical_paths
 
-__all__ = ["describe", "phase_times", "simulate"]
+__all__ = ["busy_s", "describe", "phase_times", "simulate"]
 
 
 def simulate(graph: Mapping[str, Task], workers: int) -> dict[str, Any]:
@@ -46,29 +46,37 @@ def simulate(graph: Mapping[str, Task], workers: int) -> dict[str, Any]:
     }
 
 
+def busy_s(intervals: Sequence[tuple[float, float]]) -> float:
+    """The length of the union of ``(start, end)`` intervals: the wall time during which at
+    least one of them ran (gaps between them, e.g. between two sessions, do not count)."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
 def phase_times(graph: Mapping[str, Task], store: TaskStore) -> dict[str, dict[str, float]]:
-    """Per phase, from the results: core-minutes (CPU of the tasks) and wall minutes (first start
-    to last end)."""
-    out: dict[str, dict[str, float]] = {}
+    """Per phase and in ``"all"``, from the finished tasks' results: core-minutes (their CPU
+    time) and wall minutes while at least one of them ran (`busy_s` of their run intervals; a
+    run spread over several sessions counts only the time its workers ran)."""
+    runs: dict[str, list[tuple[float, float, float]]] = {}
     for task in graph.values():
         res = store.result(task.name)
         if res is None:
             continue
-        ph = out.setdefault(
-            task.phase, {"cpu_min": 0.0, "start": float("inf"), "end": 0.0, "tasks": 0}
-        )
         end = float(res.get("finished_at", 0.0))
-        ph["cpu_min"] += float(res.get("cpu_s", 0.0)) / 60
-        ph["start"] = min(ph["start"], end - float(res.get("elapsed_s", 0.0)))
-        ph["end"] = max(ph["end"], end)
-        ph["tasks"] += 1
+        start = end - float(res.get("elapsed_s", 0.0))
+        for key in (task.phase, "all"):
+            runs.setdefault(key, []).append((start, end, float(res.get("cpu_s", 0.0))))
     return {
         k: {
-            "cpu_min": round(v["cpu_min"], 1),
-            "wall_min": round((v["end"] - v["start"]) / 60, 1),
-            "tasks": v["tasks"],
+            "cpu_min": round(sum(r[2] for r in v) / 60, 1),
+            "wall_min": round(busy_s([(r[0], r[1]) for r in v]) / 60, 1),
+            "tasks": len(v),
         }
-        for k, v in out.items()
+        for k, v in sorted(runs.items(), key=lambda kv: kv[0] == "all")
     }
 
 

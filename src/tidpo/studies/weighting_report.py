@@ -336,6 +336,10 @@ def write_weighting_report(graph: Any, out: Path) -> dict[str, Any]:
         "",
         "## Time per phase",
         "",
+        "Core-min: the tasks' CPU time. Wall min: while at least one of the phase's tasks ran "
+        "(time between sessions left out; a paused worker's time counted; a task killed before "
+        "it finished not counted).",
+        "",
         "| phase | tasks | core-min | wall min |",
         "|---|---|---|---|",
         *[f"| {k} | {v['tasks']} | {v['cpu_min']} | {v['wall_min']} |" for k, v in phases.items()],
