@@ -218,19 +218,24 @@ def test_a_bound_just_clear_of_zero_does_not_read_as_zero() -> None:
 
 def test_report_has_the_base_model_and_what_dpo_gained_over_it(tmp_path: Path) -> None:
     """The untrained model's one evaluation (``eval/base``, no seed in its name) is a row of the
-    main table, and DPO is compared with it."""
+    main table, and DPO is compared with it over every seed of DPO (the base model has none)."""
     from tidpo.studies.weighting_report import write_weighting_report
 
-    graph = _graph(tmp_path, ["dpo"], seeds=1)
+    graph = _graph(tmp_path, ["dpo"], seeds=2)
     n = 40
     _write(graph.store, "eval/base", _eval([False] * n, [[False]] * n, [0.0] * n))
-    _write(graph.store, "eval/dpo/s0", _eval([True] * n, [[True]] * n, [1.0] * n))
+    half = [True] * (n // 2) + [False] * (n // 2)
+    _write(graph.store, "eval/dpo/s0", _eval(half, [[p] for p in half], [1.0] * n))
+    _write(graph.store, "eval/dpo/s1", _eval([True] * n, [[True]] * n, [1.0] * n))
     summary = write_weighting_report(graph, tmp_path)
     report = (tmp_path / "weighting.md").read_text()
     row = next(line for line in report.splitlines() if line.startswith("| base model (untrained)"))
     assert "| 1 |" in row and "0.0" in row
-    assert "dpo - base" in summary["comparisons"] and "| dpo - base" in report
-    assert summary["comparisons"]["dpo - base"]["ifeval_prompt"]["verdict"] == "better"
+    assert "| dpo - base | 2 |" in report
+    gained = summary["comparisons"]["dpo - base"]
+    # per item, DPO's mean over its two seeds (1.0 on the first half, 0.5 on the second) - 0
+    assert gained["seeds"] == [0, 1] and gained["ifeval_prompt"]["diff"] == 0.75
+    assert gained["ifeval_prompt"]["verdict"] == "better"
 
 
 def test_plan_prints_the_graph_and_its_cost(tmp_path: Path, tiny_model_dir: Path) -> None:

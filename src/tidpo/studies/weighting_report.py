@@ -268,8 +268,9 @@ def write_weighting_report(graph: Any, out: Path) -> dict[str, Any]:
             if name in (ref, "base") or ref not in evals or name.startswith("noise"):
                 continue
             comps[f"{name} - {ref}"] = compare(evals[name], evals[ref])
-    if "base" in evals and "dpo" in evals:  # what DPO's training gained
-        comps["dpo - base"] = compare(evals["dpo"], evals["base"])
+    if "base" in evals and "dpo" in evals:  # what DPO's training gained, over all its seeds
+        base = next(iter(evals["base"].values()))  # the untrained model has no seed
+        comps["dpo - base"] = compare(evals["dpo"], dict.fromkeys(evals["dpo"], base))
     for name in [n for n in evals if n.startswith("noise")]:
         if "dpo-noise" in evals:
             comps[f"{name} - dpo-noise"] = compare(evals[name], evals["dpo-noise"])
