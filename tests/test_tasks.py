@@ -167,6 +167,47 @@ def test_model_folders_are_deleted_once_no_unfinished_task_needs_them(tmp_path: 
     assert made["m2"].is_dir()  # its evaluation failed: kept for the retry
 
 
+def test_a_lost_model_that_an_unfinished_task_needs_is_trained_again(tmp_path: Path) -> None:
+    """The study folder copied without its model folders (another machine): the finished
+    producers whose model an unfinished task needs run again, the others do not."""
+    store = TaskStore(tmp_path)
+    made = {n: store.folder(n) / "run" / "model" for n in ("m1", "m2", "m3")}
+    runs: Counter[str] = Counter()
+
+    def producer(name: str) -> Any:
+        def run() -> dict[str, Any]:
+            runs[name] += 1
+            made[name].mkdir(parents=True, exist_ok=True)
+            return {}
+
+        return run
+
+    def consumer(name: str) -> Any:
+        def run() -> dict[str, Any]:
+            runs[f"e{name}"] += 1
+            assert made[name].is_dir(), f"{name} missing when it is needed"
+            return {}
+
+        return run
+
+    def graph(with_m3_eval: bool) -> dict[str, Task]:
+        g = {n: _task(n, (), producer(n), produces=made[n]) for n in made}
+        for n in ("m1", "m2") + (("m3",) if with_m3_eval else ()):
+            g[f"e{n}"] = _task(f"e{n}", (n,), consumer(n), needs=lambda n=n: {made[n]})
+        return g
+
+    run_worker(graph(False), store, "w", lambda _: None, poll_s=0.01)
+    assert runs == Counter(m1=1, m2=1, m3=1, em1=1, em2=1)
+    assert not any(p.exists() for p in made.values())  # deleted once nothing needed them
+    # as if copied to another machine without its models before em2 had finished, and the
+    # graph grew an evaluation of m3
+    store.result_path("em2").unlink()
+    runs.clear()
+    run_worker(graph(True), store, "w", lambda _: None, poll_s=0.01)
+    assert runs == Counter(m2=1, em2=1, m3=1, em3=1)  # m1: its consumer is done
+    assert not any(p.exists() for p in made.values())  # and cleaned up again
+
+
 def test_simulate_and_critical_paths_by_hand() -> None:
     def noop() -> dict[str, Any]:
         return {}

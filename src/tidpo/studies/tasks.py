@@ -17,8 +17,10 @@ with the longest estimated path to the end of the graph, *claim* it, run it, wri
 
 ``out/tasks.log`` gets one appended line per start, finish and failure. After each task the
 model folders that no unfinished task needs are deleted (``needs`` may widen while a choice is
-open: `Task.needs` is called each time). `tidpo.studies.task_plan` simulates the graph for
-``--plan`` (list scheduling on N workers).
+open: `Task.needs` is called each time). A finished task whose model folder is gone while an
+unfinished task still needs it (the folder was copied to another machine without its models, or
+deleted by hand) counts as not done and is run again (`lost`). `tidpo.studies.task_plan`
+simulates the graph for ``--plan`` (list scheduling on N workers).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ __all__ = [
     "check_graph",
     "cleanup",
     "critical_paths",
+    "lost",
     "run_worker",
 ]
 
@@ -225,11 +228,35 @@ def check_graph(graph: Mapping[str, Task]) -> None:
         visit(name)
 
 
+def lost(graph: Mapping[str, Task], store: TaskStore) -> set[str]:
+    """The finished tasks to run again: their model folder (``produces``) is missing and a task
+    that is unfinished, or itself to run again, needs it."""
+    again: set[str] = set()
+    while True:
+        needed: set[Path] = set()
+        for task in graph.values():
+            if task.name in again or not store.done(task.name):
+                needed |= {p.resolve() for p in task.needs()}
+        more = {
+            t.name
+            for t in graph.values()
+            if t.name not in again
+            and t.produces is not None
+            and store.done(t.name)
+            and not t.produces.exists()
+            and t.produces.resolve() in needed
+        }
+        if not more:
+            return again
+        again |= more
+
+
 def _status(graph: Mapping[str, Task], store: TaskStore, since: float) -> dict[str, str]:
     """Per task: done, failed (in this run), blocked, running, ready or waiting."""
     out: dict[str, str] = {}
+    again = lost(graph, store)
     for name in graph:  # the graph is checked: dependencies come before use below
-        if store.done(name):
+        if store.done(name) and name not in again:
             out[name] = "done"
             continue
         err = store.error(name)
@@ -263,8 +290,9 @@ def _open_status(
 def cleanup(graph: Mapping[str, Task], store: TaskStore) -> list[str]:
     """Delete the model folders of finished tasks that no unfinished task needs."""
     needed: set[Path] = set()
+    again = lost(graph, store)
     for task in graph.values():
-        if not store.done(task.name):
+        if task.name in again or not store.done(task.name):
             needed |= {p.resolve() for p in task.needs()}
     deleted = []
     for task in graph.values():
@@ -308,7 +336,7 @@ def run_worker(
                 on_idle()
             time.sleep(poll_s)
             continue
-        if store.done(name):  # finished by another worker between the status and the claim
+        if store.done(name) and name not in lost(graph, store):  # finished meanwhile
             store.release(name)
             continue
         task = graph[name]
