@@ -1,7 +1,8 @@
 """`tidpo experiment weighting` end to end on the tiny budget (tiny random Llama, a few pairs, a
 few benchmark documents): one worker, then two worker processes on another folder with one of them
 killed in the middle of a training task and resumed; both folders must hold the same results, no
-task run twice but the killed one, and the selection, reuse, data and cleanup as specified."""
+task run twice but the killed one, and the selection, reuse, data and cleanup as specified. Then
+the first folder's record (`--record`) resumed elsewhere: only what is missing runs again."""
 
 from __future__ import annotations
 
@@ -41,28 +42,32 @@ def _folders(tmp: Path) -> tuple[Path, Path]:
     return real, bench
 
 
-def _launch(model: Path, real: Path, bench: Path, out: Path, worker: str) -> subprocess.Popen[str]:
+def _launch(model: Path, real: Path, bench: Path, out: Path, worker: str,
+            *more: str | Path) -> subprocess.Popen[str]:  # fmt: skip
     cmd = [sys.executable, "-m", "tidpo", "experiment", "weighting", "--budget", "tiny",
            "--seeds", "2", "--arms", ARMS, "--model", str(model), "--real-data", str(real),
-           "--benchmark-data", str(bench), "--out", str(out), "--worker", worker]  # fmt: skip
+           "--benchmark-data", str(bench), "--out", str(out), "--worker", worker,
+           *map(str, more)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)  # fmt: skip
 
 
-def _clean(value: Any, out: Path) -> Any:
-    """A result without timings and with the run folder's path made neutral."""
+def _clean(value: Any, outs: tuple[Path, ...]) -> Any:
+    """A result without timings and with the run folders' paths made neutral."""
     if isinstance(value, dict):
-        return {k: _clean(v, out) for k, v in value.items() if k not in _VOLATILE}
+        return {k: _clean(v, outs) for k, v in value.items() if k not in _VOLATILE}
     if isinstance(value, list):
-        return [_clean(v, out) for v in value]
+        return [_clean(v, outs) for v in value]
     if isinstance(value, str):
-        return value.replace(str(out), "<out>")
+        for out in outs:
+            value = value.replace(str(out), "<out>")
     return value
 
 
-def _results(out: Path) -> dict[str, Any]:
-    return {str(p.parent.relative_to(out / "tasks")): _clean(json.loads(p.read_text()), out)
+def _results(out: Path, *copied_from: Path) -> dict[str, Any]:
+    return {str(p.parent.relative_to(out / "tasks")): _clean(json.loads(p.read_text()),
+                                                             (out, *copied_from))
             for p in (out / "tasks").rglob("result.json")}  # fmt: skip
 
 
@@ -130,3 +135,20 @@ def test_two_workers_killed_and_resumed_equal_one_worker(tmp_path: Path,
     assert not list(one.rglob("run/model")) and not list(two.rglob("run/model"))
     report = (one / "weighting.md").read_text()
     assert "Verdicts against DPO" in report and "Partial results" not in report
+
+    # carried to another machine as its record (--record: no models, no data files) before
+    # TGDPO's seed-1 evaluation had finished: the rerun makes again exactly what that evaluation
+    # needs (the splits, DPO's seed-1 model, the column, TGDPO's model), with the same numbers
+    three = tmp_path / "three"
+    rec = _launch(tiny_model_dir, real, bench, one, "0/1", "--report-only", "--record", three)
+    assert rec.communicate(timeout=600)[0] and rec.returncode == 0
+    assert not list(three.rglob("*.jsonl")) and not list(three.rglob("run"))
+    assert {p.name for p in three.rglob("*") if p.is_file()} >= {"result.json", "data.json"}
+    (three / "tasks" / "eval" / "tgdpo" / "s1" / "result.json").unlink()
+    (three / "tasks.log").unlink()
+    again = _launch(tiny_model_dir, real, bench, three, "0/1")
+    log3 = again.communicate(timeout=900)[0]
+    assert again.returncode == 0, log3[-3000:]
+    assert _starts(three) == Counter(["data", "train/dpo/s1", "weights/tgdpo/s1",
+                                      "train/tgdpo/s1", "eval/tgdpo/s1"])  # fmt: skip
+    assert _results(three, one) == expected

@@ -95,6 +95,14 @@ def experiment_command(
         bool,
         typer.Option(help="weighting: print the task graph and its estimated cost; run nothing."),
     ] = False,
+    record: Annotated[
+        Path | None,
+        typer.Option(
+            help="weighting: after the report, copy the study's results into this folder "
+            "without models or data files (a record to keep; copied back into --out on "
+            "another machine, the study resumes and retrains only what it still needs)."
+        ),
+    ] = None,
     debug: Debug = False,
 ) -> None:
     """Train every arm on the same data, seeds and budget, evaluate, write experiment.md/json."""
@@ -111,12 +119,13 @@ def experiment_command(
             console.print(note, highlight=False, markup=False, soft_wrap=True)
         if study == "weighting":
             _weighting(model, seeds, budget, out, real_data, benchmark_data, condition, arms,
-                       worker, report_only, plan, console,
+                       worker, report_only, plan, record, console,
                        {"--dataset": dataset, "--max-steps": max_steps, "--eval-limit": eval_limit,
                         "--precision": precision})  # fmt: skip
             return
         for flag, given in (("--benchmark-data", benchmark_data), ("--plan", plan),
-                            ("--condition", condition != "real")):  # fmt: skip
+                            ("--condition", condition != "real"),
+                            ("--record", record)):  # fmt: skip
             if given:
                 from tidpo.studies.arms import ExperimentError
 
@@ -141,7 +150,8 @@ def experiment_command(
 
 def _weighting(model: str | None, seeds: int, budget: str | None, out: Path,
                real_data: Path | None, benchmark_data: Path | None, condition: str,
-               arms: str | None, worker: str, report_only: bool, plan: bool, console: Console,
+               arms: str | None, worker: str, report_only: bool, plan: bool,
+               record: Path | None, console: Console,
                refused: dict[str, object]) -> None:  # fmt: skip
     """`tidpo experiment weighting` (`tidpo.studies.weighting`)."""
     from tidpo.studies.arms import ExperimentError
@@ -157,4 +167,4 @@ def _weighting(model: str | None, seeds: int, budget: str | None, out: Path,
                   real_data=real_data, benchmark_data=benchmark_data, condition=condition,
                   arms=[a.strip() for a in arms.split(",") if a.strip()] if arms else None,
                   worker=_worker(worker), report_only=report_only, plan=plan,
-                  console=console)  # fmt: skip
+                  record=record, console=console)  # fmt: skip

@@ -19,7 +19,9 @@ with the longest estimated path to the end of the graph, *claim* it, run it, wri
 model folders that no unfinished task needs are deleted (``needs`` may widen while a choice is
 open: `Task.needs` is called each time). A finished task whose model folder is gone while an
 unfinished task still needs it (the folder was copied to another machine without its models, or
-deleted by hand) counts as not done and is run again (`lost`). `tidpo.studies.task_plan`
+deleted by hand) counts as not done and is run again (`lost`); so does one whose ``writes`` file
+is gone. `copy_record` copies a study folder's results without its models and data files: the
+record to keep (commit) from which another machine resumes. `tidpo.studies.task_plan`
 simulates the graph for ``--plan`` (list scheduling on N workers).
 """
 
@@ -33,7 +35,7 @@ import shutil
 import socket
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ __all__ = [
     "WorkerReport",
     "check_graph",
     "cleanup",
+    "copy_record",
     "critical_paths",
     "lost",
     "run_worker",
@@ -67,6 +70,8 @@ class Task:
     stage: int = 0
     """Ready tasks of a lower stage run first (then the longest path first): a study gives each
     seed its stage, so a stopped run holds whole seeds, evaluations included."""
+    writes: tuple[Path, ...] = ()
+    """Files it writes that later tasks read (``needs``); kept, unlike the model folder."""
 
 
 def _start_time(pid: int) -> str | None:
@@ -228,9 +233,13 @@ def check_graph(graph: Mapping[str, Task]) -> None:
         visit(name)
 
 
+def _outputs(task: Task) -> tuple[Path, ...]:
+    return task.writes + ((task.produces,) if task.produces is not None else ())
+
+
 def lost(graph: Mapping[str, Task], store: TaskStore) -> set[str]:
-    """The finished tasks to run again: their model folder (``produces``) is missing and a task
-    that is unfinished, or itself to run again, needs it."""
+    """The finished tasks to run again: one of their outputs (``produces``, ``writes``) is missing
+    and a task that is unfinished, or itself to run again, needs it."""
     again: set[str] = set()
     while True:
         needed: set[Path] = set()
@@ -241,20 +250,21 @@ def lost(graph: Mapping[str, Task], store: TaskStore) -> set[str]:
             t.name
             for t in graph.values()
             if t.name not in again
-            and t.produces is not None
             and store.done(t.name)
-            and not t.produces.exists()
-            and t.produces.resolve() in needed
+            and any(p.resolve() in needed and not p.exists() for p in _outputs(t))
         }
         if not more:
             return again
         again |= more
 
 
-def _status(graph: Mapping[str, Task], store: TaskStore, since: float) -> dict[str, str]:
-    """Per task: done, failed (in this run), blocked, running, ready or waiting."""
+def _status(
+    graph: Mapping[str, Task], store: TaskStore, since: float, ran: Sequence[str] = ()
+) -> dict[str, str]:
+    """Per task: done, failed (in this run), blocked, running, ready or waiting (``ran``: tasks
+    this worker ran, never run again: a task that does not write its outputs is not looped on)."""
     out: dict[str, str] = {}
-    again = lost(graph, store)
+    again = lost(graph, store) - set(ran)
     for name in graph:  # the graph is checked: dependencies come before use below
         if store.done(name) and name not in again:
             out[name] = "done"
@@ -305,6 +315,26 @@ def cleanup(graph: Mapping[str, Task], store: TaskStore) -> list[str]:
     return deleted
 
 
+_NOT_RECORDED = ("run", "lock", "lock.stale-*", "*.jsonl")
+"""Model runs, claims and data files (copies of the training pairs, weight columns)."""
+
+
+def copy_record(out: Path, dest: Path) -> int:
+    """Copy ``out`` into ``dest`` without its model runs, locks and ``*.jsonl`` data files (the
+    results, errors, logs, reports and the splits' ids stay); returns the number of files copied.
+    Copied back into a study folder, the workers make again what an unfinished task needs."""
+    count = 0
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        nonlocal count
+        skip = shutil.ignore_patterns(*_NOT_RECORDED)(folder, names)
+        count += sum(1 for n in names if n not in skip and Path(folder, n).is_file())
+        return skip
+
+    shutil.copytree(out, dest, ignore=ignore, dirs_exist_ok=True)
+    return count
+
+
 def run_worker(
     graph: Mapping[str, Task],
     store: TaskStore,
@@ -324,7 +354,7 @@ def run_worker(
     report = WorkerReport()
     done_s: list[tuple[float, float]] = []  # (estimate, wall) of the tasks this worker ran
     while True:
-        status = _status(graph, store, since)
+        status = _status(graph, store, since, report.ran)
         ready = sorted((n for n, s in status.items() if s == "ready"),
                        key=lambda n: (graph[n].stage, -prio[n]))  # fmt: skip
         name = next((n for n in ready if store.claim(n, worker)), None)
@@ -336,7 +366,7 @@ def run_worker(
                 on_idle()
             time.sleep(poll_s)
             continue
-        if store.done(name) and name not in lost(graph, store):  # finished meanwhile
+        if _status(graph, store, since, report.ran)[name] == "done":  # finished meanwhile
             store.release(name)
             continue
         task = graph[name]

@@ -137,12 +137,14 @@ def run_weighting(
     worker: tuple[int, int] = (0, 1),
     report_only: bool = False,
     plan: bool = False,
+    record: str | Path | None = None,
     console: Console | None = None,
     poll_s: float = 10.0,
 ) -> dict[str, Any]:
     """Run (this worker's share of) the weighting study; returns the report's summary (an
-    empty dict when work is left to other workers, and for ``plan``)."""
-    from tidpo.studies.tasks import TaskStore, run_worker
+    empty dict when work is left to other workers, and for ``plan``). ``record``: copy the
+    results, without models and data files, there after the report (`copy_record`)."""
+    from tidpo.studies.tasks import TaskStore, copy_record, run_worker
     from tidpo.studies.weighting_data import check_training_folder
     from tidpo.studies.weighting_graph import StudyGraph
     from tidpo.studies.weighting_work import Work
@@ -235,4 +237,7 @@ def run_weighting(
         f"[green]report[/]: {escape(str(out_path))}/weighting.md "
         f"({summary['n_done']}/{summary['n_tasks']} tasks done)"
     )
+    if record is not None:
+        n = copy_record(out_path, Path(record))
+        console.print(f"[green]record[/]: {n} files copied to {escape(str(record))}")
     return summary

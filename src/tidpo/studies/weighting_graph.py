@@ -78,8 +78,10 @@ class StudyGraph(StudyState):
         phase: str,
         needs: Callable[[], set[Path]] | None = None,
         trains: bool = False,
+        writes: Sequence[Path] = (),
     ) -> None:
-        """Add one task (``trains``: it writes ``run/model`` in its folder). Its stage (the
+        """Add one task (``trains``: it writes ``run/model`` in its folder; ``writes``: the files
+        it writes that later tasks read; every task but ``data`` needs the splits). Its stage (the
         order workers take ready tasks in) is its seed, the noise condition after every seed of
         the main arms, and within a seed its arm in table order: seed 0's arms are trained and
         evaluated first, one arm after another, so a stopped study holds whole arms with their
@@ -89,16 +91,28 @@ class StudyGraph(StudyState):
         if phase == "noise" or name.startswith(("eval/noise", "eval/dpo-noise")):
             stage += len(self.seeds)
         stage = stage * (len(self.arms) + 1) + self._arm_rank(name)
+        splits = set() if name == "data" else set(self.work.split_files())
+        given = needs or (lambda: set())
         self.tasks[name] = Task(
             name,
             tuple(deps),
             run,
             cost,
             phase,
-            needs or (lambda: set()),
+            lambda: given() | splits,
             self.model(name) if trains else None,
             stage,
+            tuple(writes),
         )
+
+    def column(self, task: str) -> Path:
+        """The weight column that a ``weights/...`` task writes."""
+        return self.store.folder(task) / "weights.jsonl"
+
+    def flipped_file(self, seed: int) -> Path:
+        """The flipped training pairs of ``seed`` that the noisy DPO run writes (and its
+        estimators read)."""
+        return self.store.folder(f"train/dpo-noise/s{seed}") / "train-flipped.jsonl"
 
     def _arm_rank(self, name: str) -> int:
         """1 + the position of the task's arm in table order (0: the shared data and base)."""
@@ -111,7 +125,7 @@ class StudyGraph(StudyState):
         ``select/noise`` has no result; default the costliest pair)."""
         w, b, c = self.work, self.budget, self.budget.costs
         self.tasks = {}
-        self.add("data", [], w.make_data, 30.0, "data")
+        self.add("data", [], w.make_data, 30.0, "data", writes=w.split_files())
         pairs_cost = 10.0 + b.n_dev * c.dev_pair + b.n_heldout * c.heldout_pair
         self.add("base/pairs", ["data"], w.base_pairs, pairs_cost, "data")
         self.add(
@@ -137,6 +151,7 @@ class StudyGraph(StudyState):
         est = WEIGHTING_ARMS[arm].estimator
         deps = ["data", "base/pairs"] + ([f"weights/{arm}/s0"] if est else [])
         mid, cost = self.budget.mid_lr, self.train_cost(WEIGHTING_ARMS[arm].config)
+        col = {self.column(f"weights/{arm}/s0")} if est else set()
         grid: list[str] = []
         if arm == "tidpo-repaired":
             for key, options in REPAIRS.items():
@@ -147,6 +162,7 @@ class StudyGraph(StudyState):
                     self.trainer(name, options, mid, 0, arm, extra={"repair": key}),
                     cost,
                     "grid",
+                    needs=lambda: col,
                     trains=True,
                 )
                 grid.append(name)
@@ -156,7 +172,8 @@ class StudyGraph(StudyState):
             if arm == "tidpo-repaired" and lr == mid:
                 continue
             name = f"train/{arm}/{lr_name(lr)}/s0"
-            self.add(name, deps, self.trainer(name, None, lr, 0, arm), cost, "grid", trains=True)
+            self.add(name, deps, self.trainer(name, None, lr, 0, arm), cost, "grid",
+                     needs=lambda: col, trains=True)  # fmt: skip
             grid.append(name)
         self.add(f"select/{arm}", grid, lambda: self.select_lr(arm), 1.0, "grid")
 
@@ -172,16 +189,19 @@ class StudyGraph(StudyState):
                 self.weights_cost(),
                 "grid" if s == 0 else "seeds",
                 needs=lambda: self._estimator_models(est, s, False),
+                writes=[self.column(f"weights/{arm}/s{s}")],
             )
         if s != 0:
             name = f"train/{arm}/s{s}"
             deps = [f"select/{arm}"] + ([f"weights/{arm}/s{s}"] if est else [])
+            col = {self.column(f"weights/{arm}/s{s}")} if est else set()
             self.add(
                 name,
                 deps,
                 self.trainer(name, None, None, s, arm),
                 self.train_cost(WEIGHTING_ARMS[arm].config),
                 "seeds",
+                needs=lambda: col,
                 trains=True,
             )
         deps = [f"select/{arm}"] if s == 0 else [f"train/{arm}/s{s}"]
@@ -232,6 +252,7 @@ class StudyGraph(StudyState):
                 self.train_cost({"loss": "dpo"}),
                 "noise",
                 trains=True,
+                writes=[self.flipped_file(s)],
             )
             self._dpo_noise_eval(s)
             if "tis-dpo" in self.arms:
@@ -262,6 +283,7 @@ class StudyGraph(StudyState):
             self.weights_cost() * bool(est),
             "noise",
             needs=lambda: self._noise_needs(k, s),
+            writes=[self.column(wname)],
         )
         self.add(
             tname,
@@ -269,6 +291,7 @@ class StudyGraph(StudyState):
             lambda: self.train_noise_arm(tname, k, s),
             self.train_cost(WEIGHTING_ARMS[assumed].config),
             "noise",
+            needs=lambda: {self.column(wname)} if self._noise_estimator(k) else set(),
             trains=True,
         )
         self.add(
@@ -280,9 +303,13 @@ class StudyGraph(StudyState):
             needs=lambda: {self.model(tname)},
         )
 
-    def _noise_needs(self, k: int, s: int) -> set[Path]:
+    def _noise_estimator(self, k: int) -> str | None:
+        """The estimator of the ``k``-th noise arm (None: it has none, or not chosen yet)."""
         chosen = self.noise_arms()
-        if chosen is None:
+        return WEIGHTING_ARMS[chosen[k - 1]].estimator if chosen else None
+
+    def _noise_needs(self, k: int, s: int) -> set[Path]:
+        if self.noise_arms() is None:
             return self._estimator_models("tis-dpo", s, True)
-        est = WEIGHTING_ARMS[chosen[k - 1]].estimator
-        return self._estimator_models(est, s, True) if est else set()
+        est = self._noise_estimator(k)
+        return self._estimator_models(est, s, True) | {self.flipped_file(s)} if est else set()

@@ -73,6 +73,10 @@ class Work:
 
         return load_causal_lm(path, dtype=torch.float32, device="cpu")
 
+    def split_files(self) -> list[Path]:
+        """The files of the splits that `make_data` writes (every other task reads them)."""
+        return [self.data_dir / f"{split}.jsonl" for split in ("train", "dev", "heldout")]
+
     def rows(self, split: str) -> list[dict[str, Any]]:
         from tidpo.studies.weighting_data import read_jsonl
 
