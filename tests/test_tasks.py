@@ -208,6 +208,46 @@ def test_a_lost_model_that_an_unfinished_task_needs_is_trained_again(tmp_path: P
     assert not any(p.exists() for p in made.values())  # and cleaned up again
 
 
+def test_a_lost_choice_is_made_before_only_the_chosen_model_is_made_again(
+    tmp_path: Path,
+) -> None:
+    store = TaskStore(tmp_path)
+    made = {n: store.folder(n) / "run" / "model" for n in ("m1", "m2", "m3")}
+    runs: Counter[str] = Counter()
+
+    def producer(name: str) -> Any:
+        def run() -> dict[str, Any]:
+            runs[name] += 1
+            made[name].mkdir(parents=True, exist_ok=True)
+            return {"score": int(name[1])}
+
+        return run
+
+    def select() -> dict[str, Any]:
+        runs["select"] += 1
+        return {"run": "m2"}
+
+    def chosen() -> set[Path]:
+        res = store.result("select")
+        return {made[res["run"]]} if res else set(made.values())  # open: every candidate
+
+    def evaluate() -> dict[str, Any]:
+        runs["eval"] += 1
+        assert chosen() <= {p for p in made.values() if p.is_dir()}
+        return {}
+
+    graph = {n: _task(n, (), producer(n), produces=made[n]) for n in made}
+    graph["select"] = _task("select", tuple(made), select)
+    graph["eval"] = _task("eval", ("select",), evaluate, needs=chosen)
+    run_worker(graph, store, "w", lambda _: None, poll_s=0.01)
+    assert not any(p.exists() for p in made.values())
+    for name in ("select", "eval"):  # the record of a study stopped before its choice
+        store.result_path(name).unlink()
+    runs.clear()
+    run_worker(graph, store, "w", lambda _: None, poll_s=0.01)
+    assert runs == Counter(select=1, m2=1, eval=1)
+
+
 def test_simulate_and_critical_paths_by_hand() -> None:
     def noop() -> dict[str, Any]:
         return {}

@@ -239,12 +239,15 @@ def _outputs(task: Task) -> tuple[Path, ...]:
 
 def lost(graph: Mapping[str, Task], store: TaskStore) -> set[str]:
     """The finished tasks to run again: one of their outputs (``produces``, ``writes``) is missing
-    and a task that is unfinished, or itself to run again, needs it."""
+    and a task that is unfinished, or itself to run again, needs it, counting only the tasks
+    whose dependencies have finished (while a choice is open, ``needs`` lists every candidate:
+    the choice is made first, then only the chosen model is made again)."""
     again: set[str] = set()
     while True:
         needed: set[Path] = set()
         for task in graph.values():
-            if task.name in again or not store.done(task.name):
+            unfinished = task.name in again or not store.done(task.name)
+            if unfinished and all(store.done(d) for d in task.deps):
                 needed |= {p.resolve() for p in task.needs()}
         more = {
             t.name
