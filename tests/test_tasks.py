@@ -167,20 +167,23 @@ def test_model_folders_are_deleted_once_no_unfinished_task_needs_them(tmp_path: 
     assert made["m2"].is_dir()  # its evaluation failed: kept for the retry
 
 
+def _producer(name: str, made: dict[str, Path], runs: Counter[str]) -> Any:
+    """A task body that makes the model folder ``made[name]`` and counts its runs."""
+
+    def run() -> dict[str, Any]:
+        runs[name] += 1
+        made[name].mkdir(parents=True, exist_ok=True)
+        return {}
+
+    return run
+
+
 def test_a_lost_model_that_an_unfinished_task_needs_is_trained_again(tmp_path: Path) -> None:
     """The study folder copied without its model folders (another machine): the finished
     producers whose model an unfinished task needs run again, the others do not."""
     store = TaskStore(tmp_path)
     made = {n: store.folder(n) / "run" / "model" for n in ("m1", "m2", "m3")}
     runs: Counter[str] = Counter()
-
-    def producer(name: str) -> Any:
-        def run() -> dict[str, Any]:
-            runs[name] += 1
-            made[name].mkdir(parents=True, exist_ok=True)
-            return {}
-
-        return run
 
     def consumer(name: str) -> Any:
         def run() -> dict[str, Any]:
@@ -191,7 +194,7 @@ def test_a_lost_model_that_an_unfinished_task_needs_is_trained_again(tmp_path: P
         return run
 
     def graph(with_m3_eval: bool) -> dict[str, Task]:
-        g = {n: _task(n, (), producer(n), produces=made[n]) for n in made}
+        g = {n: _task(n, (), _producer(n, made, runs), produces=made[n]) for n in made}
         for n in ("m1", "m2") + (("m3",) if with_m3_eval else ()):
             g[f"e{n}"] = _task(f"e{n}", (n,), consumer(n), needs=lambda n=n: {made[n]})
         return g
@@ -215,14 +218,6 @@ def test_a_lost_choice_is_made_before_only_the_chosen_model_is_made_again(
     made = {n: store.folder(n) / "run" / "model" for n in ("m1", "m2", "m3")}
     runs: Counter[str] = Counter()
 
-    def producer(name: str) -> Any:
-        def run() -> dict[str, Any]:
-            runs[name] += 1
-            made[name].mkdir(parents=True, exist_ok=True)
-            return {"score": int(name[1])}
-
-        return run
-
     def select() -> dict[str, Any]:
         runs["select"] += 1
         return {"run": "m2"}
@@ -236,7 +231,7 @@ def test_a_lost_choice_is_made_before_only_the_chosen_model_is_made_again(
         assert chosen() <= {p for p in made.values() if p.is_dir()}
         return {}
 
-    graph = {n: _task(n, (), producer(n), produces=made[n]) for n in made}
+    graph = {n: _task(n, (), _producer(n, made, runs), produces=made[n]) for n in made}
     graph["select"] = _task("select", tuple(made), select)
     graph["eval"] = _task("eval", ("select",), evaluate, needs=chosen)
     run_worker(graph, store, "w", lambda _: None, poll_s=0.01)
