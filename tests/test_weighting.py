@@ -117,8 +117,15 @@ def test_the_graph_trains_evaluates_and_reuses_as_specified(tmp_path: Path) -> N
     assert tasks["eval/dpo/s0"].cost_s - tasks["eval/dpo/s1"].cost_s == pytest.approx(
         REAL.costs.bench_setup + REAL.n_gsm8k * REAL.costs.gsm8k_doc
     )
-    # while select/dpo is open, eval/dpo/s0 may need any of DPO's grid models
-    assert len(tasks["eval/dpo/s0"].needs()) == 3
+    # while select/dpo is open, eval/dpo/s0 may need any of DPO's grid models; every task but
+    # data needs the splits, the estimators' trainings their column
+    splits = {tmp_path / "data" / f"{k}.jsonl" for k in ("train", "dev", "heldout")}
+    needs = tasks["eval/dpo/s0"].needs()
+    assert len(needs - splits) == 3 and all(p.name == "model" for p in needs - splits)
+    assert splits <= needs and not tasks["data"].needs() and set(tasks["data"].writes) == splits
+    column = tmp_path / "tasks/weights/tgdpo/s1/weights.jsonl"
+    assert tasks["train/tgdpo/s1"].needs() == splits | {column}
+    assert tasks["weights/tgdpo/s1"].writes == (column,)
     assert tasks["train/dpo/s1"].produces == tmp_path / "tasks/train/dpo/s1/run/model"
 
 
