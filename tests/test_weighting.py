@@ -299,6 +299,9 @@ def test_options_of_other_studies_and_another_study_in_out_are_refused(
     other = CliRunner().invoke(app, ["experiment", "ablation", "--benchmark-data",
                                      str(SHARED / "eval"), "--out", str(out)])  # fmt: skip
     assert other.exit_code == 2 and "--benchmark-data: only the weighting study" in other.output
+    record = CliRunner().invoke(app, ["experiment", "ablation", "--record", str(tmp_path / "r"),
+                                      "--out", str(out)])  # fmt: skip
+    assert record.exit_code == 2 and "--record: only the weighting study" in record.output
     bundled = CliRunner().invoke(app, [*base, "--out", str(out), "--condition", "bundled"])
     assert bundled.exit_code == 2 and "--condition bundled trains on the bundled" in bundled.output
     # --report-only records the study's settings and reports the empty graph
