@@ -105,15 +105,6 @@ class StudyGraph(StudyState):
             tuple(writes),
         )
 
-    def column(self, task: str) -> Path:
-        """The weight column that a ``weights/...`` task writes."""
-        return self.store.folder(task) / "weights.jsonl"
-
-    def flipped_file(self, seed: int) -> Path:
-        """The flipped training pairs of ``seed`` that the noisy DPO run writes (and its
-        estimators read)."""
-        return self.store.folder(f"train/dpo-noise/s{seed}") / "train-flipped.jsonl"
-
     def _arm_rank(self, name: str) -> int:
         """1 + the position of the task's arm in table order (0: the shared data and base)."""
         part = [*name.split("/"), ""][1]

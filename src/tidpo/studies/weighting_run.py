@@ -14,7 +14,7 @@ from typing import Any
 from tidpo.studies.arms import REPAIRS, REVERSE, WEIGHTING_ARMS, ExperimentError
 from tidpo.studies.tasks import Task, TaskStore
 from tidpo.studies.weighting_budget import WeightingBudget, dev_key, pick_best, training_config
-from tidpo.studies.weighting_work import Work
+from tidpo.studies.weighting_work import FLIPPED_FILE, Work
 
 __all__ = ["RULE", "StudyState", "lr_name"]
 
@@ -107,6 +107,15 @@ class StudyState:
         res = self.store.result(f"select/{arm}")
         return [str(res["run"])] if res is not None else self.grid(arm)
 
+    def column(self, task: str) -> Path:
+        """The weight column that a ``weights/...`` task writes."""
+        return self.store.folder(task) / "weights.jsonl"
+
+    def flipped_file(self, seed: int) -> Path:
+        """The flipped training pairs of ``seed`` that the noisy DPO run writes (and its
+        estimators read)."""
+        return self.store.folder(f"train/dpo-noise/s{seed}") / FLIPPED_FILE
+
     def model(self, task: str) -> Path:
         return self.store.folder(task) / "run" / "model"
 
@@ -198,7 +207,7 @@ class StudyState:
                 info.update(noise=self.budget.noise, n_flipped=len(flipped))
             est = WEIGHTING_ARMS[arm].estimator if arm in WEIGHTING_ARMS else None
             if est and not noise:
-                dataset = self.store.folder(f"weights/{arm}/s{seed}") / "weights.jsonl"
+                dataset = self.column(f"weights/{arm}/s{seed}")
             config = training_config(self.budget, opts, rate, seed)
             return self.work.train(folder, config, dataset, info)
 
@@ -219,7 +228,7 @@ class StudyState:
         if WEIGHTING_ARMS[arm].estimator is None:
             return run()
         folder = self.store.folder(name)
-        file = self.store.folder(f"weights/noise{k}/s{seed}") / "weights.jsonl"
+        file = self.column(f"weights/noise{k}/s{seed}")
         config = training_config(self.budget, self.options(arm), self.selected_lr(arm), seed)
         flips = self.need(f"train/dpo-noise/s{seed}")["n_flipped"]
         info = {
@@ -239,7 +248,7 @@ class StudyState:
         est = str(WEIGHTING_ARMS[arm].estimator)
         dpo = self.model(self.main_run("dpo", seed)[0])
         other = self.model(f"train/reverse/s{seed}") if est == "tis-dpo" else None
-        out = self.store.folder(f"weights/{arm}/s{seed}") / "weights.jsonl"
+        out = self.column(f"weights/{arm}/s{seed}")
         return self.work.weights(est, dpo, other, self.work.data_dir / "train.jsonl", out)
 
     def noise_weights(self, k: int, seed: int) -> dict[str, Any]:
@@ -251,8 +260,8 @@ class StudyState:
             return {"skipped": f"{arm} needs no weight column", "arm": arm}
         dpo = self.model(f"train/dpo-noise/s{seed}")
         other = self.model(f"train/reverse-noise/s{seed}") if est == "tis-dpo" else None
-        data = self.store.folder(f"train/dpo-noise/s{seed}") / "train-flipped.jsonl"
-        out = self.store.folder(f"weights/noise{k}/s{seed}") / "weights.jsonl"
+        data = self.flipped_file(seed)
+        out = self.column(f"weights/noise{k}/s{seed}")
         return {**self.work.weights(est, dpo, other, data, out), "arm": arm}
 
     # ---------------------------------------------------------------------- evaluation

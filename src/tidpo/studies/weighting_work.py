@@ -20,7 +20,11 @@ from rich.console import Console
 
 from tidpo.studies.weighting_budget import WeightingBudget
 
-__all__ = ["Work", "pair_rewards"]
+__all__ = ["FLIPPED_FILE", "Work", "pair_rewards"]
+
+
+FLIPPED_FILE = "train-flipped.jsonl"
+"""The name of the flipped training pairs in a noise training task's folder."""
 
 
 def pair_rewards(
@@ -126,7 +130,7 @@ class Work:
         from tidpo.studies.weighting_data import write_jsonl
 
         rows, flipped = flip_labels(self.rows("train"), self.budget.noise, seed)
-        path = folder / "train-flipped.jsonl"
+        path = folder / FLIPPED_FILE
         write_jsonl(rows, path)
         return path, flipped
 
