@@ -210,6 +210,23 @@ def test_report_items_comparisons_and_verdicts() -> None:
     assert "no detectable difference" in verdict_line("Z", compare(better, better))
 
 
+def test_report_diagnostic_distinct4_of_each_answer_stays_out_of_verdicts() -> None:
+    """IFEval answers that loop: unique word 4-grams / all 4-grams of each answer, by hand."""
+    a = _eval([True, True, True], [[True]] * 3, [1.0] * 3)
+    texts = ["a b c d a b c d", "one two three", "w x y z"]
+    for item, text in zip(a["items"]["ifeval"], texts, strict=True):
+        item["response"] = text
+    # "a b c d a b c d": abcd bcda cdab dabc abcd -> 4 unique of 5; three words have no 4-gram
+    assert item_values(a, "ifeval_distinct4") == [0.8, None, 1.0]
+    loops = {0: a}
+    fresh = {0: _eval([True] * 3, [[True]] * 3, [1.0] * 3)}
+    for item in fresh[0]["items"]["ifeval"]:
+        item["response"] = "p q r s t u"
+    comp = compare(loops, fresh)
+    assert comp["ifeval_distinct4"]["diff"] == pytest.approx((0.8 + 1.0) / 2 - 1.0)
+    assert "no detectable difference" in verdict_line("L", comp)  # a diagnostic, not a benchmark
+
+
 def test_a_bound_just_clear_of_zero_does_not_read_as_zero() -> None:
     """A lower bound of +0.03 points (MC2, ConfPO - DPO, seed 0 of the study) printed as +0.0
     beside ▲ read as an interval touching 0."""

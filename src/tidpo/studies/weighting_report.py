@@ -4,7 +4,9 @@ Per arm, every metric is the mean over seeds with its 95 % t-interval (`tidpo.st
 IFEval prompt-level and instruction-level strict accuracy, TruthfulQA MC1 and MC2, GSM8K exact
 match (seed 0 only: lm-eval's numbers), held-out preference accuracy and margin (implicit reward
 against the base model), the dev accuracy and margin the learning rate was chosen on, the final
-training loss. Every arm is compared with DPO and with uniform weights by a paired bootstrap over
+training loss, and one diagnostic outside the verdicts: the distinct-4 of each IFEval answer
+(unique word 4-grams / all of them, `tidpo.analysis.diversity.distinct_n`; low when an answer
+loops). Every arm is compared with DPO and with uniform weights by a paired bootstrap over
 the same items (each item's value averaged over the seeds both arms have; IFEval's
 instruction-level metric over its instructions); "no detectable difference" where the 95 %
 interval covers 0, ▲/▼ where it is clear of 0. A weighting *beats DPO* when it is ▲ on at least
@@ -17,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tidpo.analysis.diversity import distinct_n
 from tidpo.fileio import write_json_atomic
 from tidpo.studies.stats import ZERO_TOL, mean_interval, paired_bootstrap, verdict
 
@@ -31,8 +34,10 @@ METRICS: dict[str, tuple[str, str | None, str | None]] = {
     "gsm8k_flex": ("GSM8K EM flexible % (s0)", "gsm8k", "exact_match,flexible-extract"),
     "heldout_acc": ("held-out acc %", None, None),
     "heldout_margin": ("held-out margin", None, None),
+    "ifeval_distinct4": ("IFEval answer distinct-4 % (diagnostic)", "ifeval", None),
 }
-"""Metric -> (label, lm-eval task, lm-eval ``metric,filter`` key); None: from the held-out pairs."""
+"""Metric -> (label, lm-eval task, lm-eval ``metric,filter`` key). No task: from the held-out
+pairs; a task without a key: the distinct-4 of each of its stored responses."""
 BENCH_METRICS = ("ifeval_prompt", "ifeval_inst", "mc1", "mc2", "gsm8k", "gsm8k_flex")
 _NOT_PCT = {"heldout_margin"}
 
@@ -46,8 +51,11 @@ def item_values(result: Mapping[str, Any], metric: str) -> list[float | None]:
         if metric == "heldout_margin":
             return [None if d is None else float(d) for d in diffs]
         return [None if d is None else float(d > 0) for d in diffs]
+    items = (result.get("items") or {}).get(task) or []
+    if key is None:
+        return [distinct_n([str(item.get("response") or "")], 4) for item in items]
     out: list[float | None] = []
-    for item in (result.get("items") or {}).get(task) or []:
+    for item in items:
         value = item["scores"].get(key)
         if isinstance(value, list):
             out += [float(v) for v in value]
@@ -57,9 +65,10 @@ def item_values(result: Mapping[str, Any], metric: str) -> list[float | None]:
 
 
 def _seed_value(result: Mapping[str, Any], metric: str) -> float | None:
-    """lm-eval's own number (or the held-out mean) of one evaluation."""
+    """lm-eval's own number (or the mean over the held-out pairs or the responses) of one
+    evaluation."""
     _, task, key = METRICS[metric]
-    if task is None:
+    if task is None or key is None:
         vals = [v for v in item_values(result, metric) if v is not None]
         return sum(vals) / len(vals) if vals else None
     bench = (result.get("benchmarks") or {}).get(task)
