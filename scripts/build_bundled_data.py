@@ -49,8 +49,9 @@ Critical = tuple[list[str], list[str]]  # (critical words of chosen, of rejected
 
 
 def load_checks() -> ModuleType:
-    """Import ``src/tidpo/analysis/checks.py`` by path (it is stdlib-only; tidpo need not be installed)."""
-    spec = importlib.util.spec_from_file_location("_tidpo_checks", ROOT / "src/tidpo/analysis/checks.py")
+    """Import ``src/tidpo/analysis/checks.py`` by path (stdlib-only, no install needed)."""
+    path = ROOT / "src/tidpo/analysis/checks.py"
+    spec = importlib.util.spec_from_file_location("_tidpo_checks", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
