@@ -19,7 +19,13 @@ from tidpo.studies.tasks import TaskStore
 from tidpo.studies.weighting_budget import WEIGHTING_BUDGETS, pick_best, training_config
 from tidpo.studies.weighting_data import check_training_folder, make_splits, read_jsonl
 from tidpo.studies.weighting_graph import StudyGraph
-from tidpo.studies.weighting_report import _diff_cell, compare, item_values, verdict_line
+from tidpo.studies.weighting_report import (
+    _diff_cell,
+    _seed_value,
+    compare,
+    item_values,
+    verdict_line,
+)
 from tidpo.studies.weighting_work import Work
 
 REAL = WEIGHTING_BUDGETS["real"]
@@ -218,12 +224,15 @@ def test_report_diagnostic_distinct4_of_each_answer_stays_out_of_verdicts() -> N
         item["response"] = text
     # "a b c d a b c d": abcd bcda cdab dabc abcd -> 4 unique of 5; three words have no 4-gram
     assert item_values(a, "ifeval_distinct4") == [0.8, None, 1.0]
-    loops = {0: a}
-    fresh = {0: _eval([True] * 3, [[True]] * 3, [1.0] * 3)}
-    for item in fresh[0]["items"]["ifeval"]:
-        item["response"] = "p q r s t u"
-    comp = compare(loops, fresh)
-    assert comp["ifeval_distinct4"]["diff"] == pytest.approx((0.8 + 1.0) / 2 - 1.0)
+    assert _seed_value(a, "ifeval_distinct4") == pytest.approx(0.9)  # mean over the answers
+    n = 40  # every answer loops in one model, none in the other: clearly lower, same benchmarks
+    loops = _eval([True] * n, [[True]] * n, [1.0] * n)
+    fresh = _eval([True] * n, [[True]] * n, [1.0] * n)
+    for mine, other in zip(loops["items"]["ifeval"], fresh["items"]["ifeval"], strict=True):
+        mine["response"], other["response"] = "a b c d a b c d", "p q r s t u"
+    comp = compare({0: loops}, {0: fresh})
+    assert comp["ifeval_distinct4"]["diff"] == pytest.approx(-0.2)
+    assert comp["ifeval_distinct4"]["verdict"] == "worse"
     assert "no detectable difference" in verdict_line("L", comp)  # a diagnostic, not a benchmark
 
 
