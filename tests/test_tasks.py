@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tidpo.studies.task_plan import busy_s, phase_times, simulate
+from tidpo.studies.task_plan import busy_s, phase_times, remaining, simulate
 from tidpo.studies.tasks import Task, TaskStore, critical_paths, run_worker
 
 WORKER = Path(__file__).with_name("task_worker.py")
@@ -259,6 +259,28 @@ def test_simulate_and_critical_paths_by_hand() -> None:
     assert simulate(graph, 1)["wall_s"] == 7.0
     with pytest.raises(ValueError, match="unknown dependency"):
         simulate({"z": _task("z", ("nope",), noop)}, 1)
+
+
+def test_remaining_plays_out_what_is_left_at_the_measured_ratio(tmp_path: Path) -> None:
+    """a (planned 2 s) took 4 CPU s: x2. Left at x2: b 6 s and c 2 s side by side, then d 2 s."""
+
+    def noop() -> dict[str, Any]:
+        return {}
+
+    graph = {
+        "a": _task("a", (), noop, cost=2.0),
+        "b": _task("b", ("a",), noop, cost=3.0),
+        "c": _task("c", ("a",), noop, cost=1.0),
+        "d": _task("d", ("b", "c"), noop, cost=1.0),
+    }
+    store = TaskStore(tmp_path)
+    assert remaining(graph, store, 2) is None  # nothing finished: no ratio yet
+    store.folder("a").mkdir(parents=True)
+    store.result_path("a").write_text(json.dumps({"cpu_s": 4.0}))
+    got = remaining(graph, store, 2)
+    assert got == {"done": 1, "planned_s": 2.0, "measured_s": 4.0, "ratio": 2.0, "left": 3,
+                   "left_planned_s": 5.0, "left_cpu_s": 10.0, "left_wall_s": 8.0}  # fmt: skip
+    assert remaining(graph, store, 1)["left_wall_s"] == 10.0  # type: ignore[index]
 
 
 def test_a_lower_stage_runs_first_whatever_its_path(tmp_path: Path) -> None:

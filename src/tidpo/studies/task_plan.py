@@ -1,16 +1,18 @@
 """The plan and the bookkeeping of a task graph (`tidpo.studies.tasks`): `simulate` plays the
 graph out on its estimates (for ``--plan``), `describe` lists it, `phase_times` sums what the
-finished tasks took per phase.
+finished tasks took per phase, `remaining` sets what they took against their estimates and plays
+out what is left at that rate.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tidpo.studies.tasks import Task, TaskStore, check_graph, critical_paths
 
-__all__ = ["busy_s", "describe", "phase_times", "simulate"]
+__all__ = ["busy_s", "describe", "phase_times", "remaining", "simulate"]
 
 
 def simulate(graph: Mapping[str, Task], workers: int) -> dict[str, Any]:
@@ -77,6 +79,37 @@ def phase_times(graph: Mapping[str, Task], store: TaskStore) -> dict[str, dict[s
             "tasks": len(v),
         }
         for k, v in sorted(runs.items(), key=lambda kv: kv[0] == "all")
+    }
+
+
+def remaining(graph: Mapping[str, Task], store: TaskStore, workers: int) -> dict[str, Any] | None:
+    """The finished tasks' CPU time against their estimates, and the unfinished tasks played out
+    at that ratio (`simulate` on the graph without the finished tasks, each estimate times the
+    ratio): ``{"done", "planned_s", "measured_s", "ratio", "left", "left_planned_s",
+    "left_cpu_s", "left_wall_s"}``; None while nothing has finished."""
+    done = [t for t in graph.values() if store.done(t.name)]
+    planned = sum(t.cost_s for t in done)
+    if not done or planned <= 0:
+        return None
+    measured = sum(float((store.result(t.name) or {}).get("cpu_s", 0.0)) for t in done)
+    ratio = measured / planned
+    left = {
+        n: dataclasses.replace(
+            t, deps=tuple(d for d in t.deps if not store.done(d)), cost_s=t.cost_s * ratio
+        )
+        for n, t in graph.items()
+        if not store.done(n)
+    }
+    sim = simulate(left, workers)
+    return {
+        "done": len(done),
+        "planned_s": planned,
+        "measured_s": measured,
+        "ratio": ratio,
+        "left": len(left),
+        "left_planned_s": sum(graph[n].cost_s for n in left),
+        "left_cpu_s": sim["cpu_s"],
+        "left_wall_s": sim["wall_s"],
     }
 
 

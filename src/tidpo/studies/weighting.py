@@ -94,8 +94,9 @@ def _quiet_libraries() -> None:
 
 
 def plan_lines(graph: Any, workers: int, budget: WeightingBudget) -> list[str]:
-    """The plan: budget, tasks with estimates, estimated core-minutes and wall time."""
-    from tidpo.studies.task_plan import describe, simulate
+    """The plan: budget, tasks with estimates, estimated core-minutes and wall time; in a study
+    folder that has finished tasks, also what they took against the plan and what is left."""
+    from tidpo.studies.task_plan import describe, remaining, simulate
 
     sim = simulate(graph.tasks, workers)
     lines = [
@@ -121,6 +122,15 @@ def plan_lines(graph: Any, workers: int, budget: WeightingBudget) -> list[str]:
         f"measured unit costs); with {workers} worker(s) on an idle machine about "
         f"{sim['wall_s'] / 3600:.1f} h wall (list schedule of the graph)"
     )
+    left = remaining(graph.tasks, graph.store, workers)
+    if left is not None:
+        lines += [
+            f"done: {left['done']} tasks, {left['planned_s'] / 60:.1f} core-minutes planned, "
+            f"{left['measured_s'] / 60:.1f} measured (x{left['ratio']:.2f})",
+            f"left: {left['left']} tasks, {left['left_planned_s'] / 60:.1f} core-minutes "
+            f"planned; at x{left['ratio']:.2f} {left['left_cpu_s'] / 60:.0f} core-minutes, "
+            f"about {left['left_wall_s'] / 3600:.1f} h wall with {workers} worker(s)",
+        ]
     return lines
 
 
