@@ -1,8 +1,9 @@
 """A resumable task graph that several worker processes share through one folder.
 
 Each `Task` names the tasks it depends on, the work it does (a function returning a JSON
-dictionary), its estimated cost in CPU seconds, the model folders and files it reads (``needs``), the
-model folder it makes (``produces``) and the files it writes (``writes``). `run_worker` repeats: take the ready task (every dependency done)
+dictionary), its estimated cost in CPU seconds, the model folders and files it reads
+(``needs``), the model folder it makes (``produces``) and the files it writes (``writes``).
+`run_worker` repeats: take the ready task (every dependency done)
 with the longest estimated path to the end of the graph, *claim* it, run it, write its
 ``result.json`` atomically, release it (the files: `tidpo.studies.task_store`). A failed task
 leaves ``error.json``: the worker goes on with the tasks that do not depend on it; a failure
