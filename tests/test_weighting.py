@@ -281,6 +281,21 @@ def test_plan_prints_the_graph_and_its_cost(tmp_path: Path, tiny_model_dir: Path
     assert "train/dpo/lr3e-05/s0" in out and "select/noise" in out and "eval/base" in out
     assert "core-minutes" in out and "with 2 worker(s)" in out
     assert not (tmp_path / "o").exists()  # the plan runs nothing
+    assert "done:" not in out  # nothing finished: no measured ratio
+    # in a folder where the data task has finished at twice its estimate: the ratio, what is left
+    planned = next(line for line in out.splitlines() if line.startswith("data "))
+    minutes = float(planned.split()[2])
+    done = tmp_path / "o" / "tasks" / "data" / "result.json"
+    done.parent.mkdir(parents=True)
+    done.write_text(json.dumps({"cpu_s": 2 * 60 * minutes}))
+    again = CliRunner().invoke(app, ["experiment", "weighting", "--plan", "--model",
+                                     str(tiny_model_dir), "--real-data", str(SHARED / "data"),
+                                     "--benchmark-data", str(SHARED / "eval"), "--out",
+                                     str(tmp_path / "o"), "--worker", "0/2"])  # fmt: skip
+    assert again.exit_code == 0, again.output
+    n_tasks = int(next(x for x in out.splitlines() if x.endswith(" tasks:")).split()[0])
+    assert f"done: 1 tasks, {minutes:.1f} core-minutes planned" in again.output
+    assert "(x2.00)" in again.output and f"left: {n_tasks - 1} tasks" in again.output
 
 
 def test_shared_requests_give_mc1_from_mc2_unchanged(
