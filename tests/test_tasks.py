@@ -243,36 +243,34 @@ def test_a_lost_choice_is_made_before_only_the_chosen_model_is_made_again(
     assert runs == Counter(select=1, m2=1, eval=1)
 
 
-def test_simulate_and_critical_paths_by_hand() -> None:
+def _diamond() -> dict[str, Task]:
+    """a (2 s) before b (3 s) and c (1 s), both before d (1 s)."""
+
     def noop() -> dict[str, Any]:
         return {}
 
-    graph = {
+    return {
         "a": _task("a", (), noop, cost=2.0),
         "b": _task("b", ("a",), noop, cost=3.0),
         "c": _task("c", ("a",), noop, cost=1.0),
         "d": _task("d", ("b", "c"), noop, cost=1.0),
     }
+
+
+def test_simulate_and_critical_paths_by_hand() -> None:
+    graph = _diamond()
     assert critical_paths(graph) == {"a": 6.0, "b": 4.0, "c": 2.0, "d": 1.0}
     two = simulate(graph, 2)  # a 0-2; b 2-5 and c 2-3 side by side; d 5-6
     assert two["wall_s"] == 6.0 and two["cpu_s"] == 7.0
     assert simulate(graph, 1)["wall_s"] == 7.0
     with pytest.raises(ValueError, match="unknown dependency"):
-        simulate({"z": _task("z", ("nope",), noop)}, 1)
+        simulate({"z": _task("z", ("nope",), dict)}, 1)
 
 
 def test_remaining_plays_out_what_is_left_at_the_measured_ratio(tmp_path: Path) -> None:
     """a (planned 2 s) took 4 CPU s: x2. Left at x2: b 6 s and c 2 s side by side, then d 2 s."""
 
-    def noop() -> dict[str, Any]:
-        return {}
-
-    graph = {
-        "a": _task("a", (), noop, cost=2.0),
-        "b": _task("b", ("a",), noop, cost=3.0),
-        "c": _task("c", ("a",), noop, cost=1.0),
-        "d": _task("d", ("b", "c"), noop, cost=1.0),
-    }
+    graph = _diamond()
     store = TaskStore(tmp_path)
     assert remaining(graph, store, 2) is None  # nothing finished: no ratio yet
     store.folder("a").mkdir(parents=True)
