@@ -13,6 +13,7 @@ five correctness bugs), each checked against an independent statement of the mat
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,28 @@ def test_released_preset_through_the_cli(tiny_model_dir: Path, tmp_path: Path) -
     assert written["tidpo"]["anchor_max_new_tokens"] == 24
     assert written["training_arguments"]["learning_rate"] == 2e-5
     assert written["training_arguments"]["optim"] == "rmsprop"
+
+
+def test_confpo_preset_through_the_cli(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`--preset confpo` trains what `--loss simpo --set confpo=true` trains, step for step;
+    without the preset the step is TI-DPO's."""
+    base = ["train", "--model", str(tiny_model_dir), "--max-steps", "2", "--no-report",
+            "--set", "max_length=48", "--set", "save_strategy=no"]  # fmt: skip
+    runs = {"preset": ["--preset", "confpo"], "flags": ["--loss", "simpo", "--set", "confpo=true"],
+            "paper": []}  # fmt: skip
+    losses = {}
+    for name, extra in runs.items():
+        out = tmp_path / name
+        result = CliRunner().invoke(app, [*base, "--output-dir", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        written = yaml.safe_load((out / "config.yaml").read_text())["tidpo"]
+        assert (written["loss"], written["confpo"]) == (
+            ("tidpo", False) if name == "paper" else ("simpo", True)
+        )
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses["preset"]) == 2 and losses["preset"] == losses["flags"]
+    assert losses["preset"] != losses["paper"]
 
 
 EVAL_PAIRS = [

@@ -63,6 +63,19 @@ def test_confpo_simpo_is_the_mean_log_prob_of_the_kept_tokens(tmp_path: Path) ->
     assert _loss(tmp_path, resp=one, loss="simpo", confpo=True) == 0.0
 
 
+def test_confpo_preset_trains_confpo_s_simpo_objective(tmp_path: Path) -> None:
+    """``preset="confpo"`` (the weighting study's winner by its rule, docs/results.md): SimPO at
+    its defaults (beta 2, gamma 1) over the kept tokens; a value the user sets is kept."""
+    avg_w, avg_l = (-2.0 - 1.5) / 2, (-1.5 - 3.0) / 2
+    assert _loss(tmp_path, preset="confpo") == pytest.approx(_nll(2.0 * (avg_w - avg_l) - 1.0))
+    margin = (-1.0 - 0.3) - (-0.5 - 1.0)  # DPO over the kept tokens, as in the test above
+    assert _loss(tmp_path, preset="confpo", loss="dpo") == pytest.approx(_nll(0.1 * margin))
+    all_w, all_l = (-0.2 - 2.0 - 1.5) / 3, (-1.5 - 0.2 - 3.0 - 0.7) / 4
+    assert _loss(tmp_path, preset="confpo", confpo=False) == pytest.approx(
+        _nll(2.0 * (all_w - all_l) - 1.0)
+    )
+
+
 def test_position_decay_weighs_the_k_th_token_gamma_to_the_k(tmp_path: Path) -> None:
     g = 0.5
     chosen = g * 0.5 + g**2 * -1.0 + g**3 * -0.3

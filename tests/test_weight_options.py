@@ -127,6 +127,23 @@ def test_special_prior_preset_through_the_cli_settings(tmp_path: Path) -> None:
     assert build_config(mine, tmp_path).special_tokens == "mean"
 
 
+def test_confpo_preset_through_the_cli_settings(tmp_path: Path) -> None:
+    """`tidpo train --preset confpo`: SimPO with ConfPO's selection; `--loss` still wins."""
+    from tidpo.training.settings import build_config, resolve_options
+
+    cfg = build_config(resolve_options(None, [], {"preset": "confpo"}), tmp_path)
+    assert (cfg.preset, cfg.loss, cfg.confpo, cfg.uses_reference) == (
+        "confpo",
+        "simpo",
+        True,
+        False,
+    )
+    assert not cfg.needs_attribution
+    mine = build_config(resolve_options(None, [], {"preset": "confpo", "loss": "dpo"}), tmp_path)
+    assert (mine.loss, mine.confpo) == ("dpo", True)
+    assert build_config(resolve_options(None, [], {}), tmp_path).loss == "tidpo"
+
+
 def test_random_weights_differ_across_micro_batches_and_ranks(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -151,7 +151,7 @@ def train_command(
         ),
     ] = None,
     preset: Annotated[
-        str | None, typer.Option(help="paper (default) | released | special-prior")
+        str | None, typer.Option(help="paper (default) | released | special-prior | confpo")
     ] = None,
     precision: Annotated[
         str | None,
