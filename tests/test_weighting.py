@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from conftest import SHARED
 from tidpo.cli import app
-from tidpo.studies.arms import REPAIRS, WEIGHTING_ARMS, ExperimentError
+from tidpo.studies.arms import REPAIRS, WEIGHTING_ARMS, WEIGHTING_MAIN, ExperimentError
 from tidpo.studies.task_plan import simulate
 from tidpo.studies.tasks import TaskStore
 from tidpo.studies.weighting_budget import WEIGHTING_BUDGETS, pick_best, training_config
@@ -54,7 +54,7 @@ def test_pick_best_accuracy_then_margin_then_smaller_lr() -> None:
 
 def _graph(tmp_path: Path, arms: list[str] | None = None, seeds: int = 3) -> StudyGraph:
     work = Work(tmp_path, REAL, tmp_path / "model", tmp_path / "eval", [])
-    graph = StudyGraph(work, TaskStore(tmp_path), REAL, range(seeds), arms or list(WEIGHTING_ARMS),
+    graph = StudyGraph(work, TaskStore(tmp_path), REAL, range(seeds), arms or list(WEIGHTING_MAIN),
                        noise=True)  # fmt: skip
     graph.build()
     return graph
@@ -118,7 +118,7 @@ def test_the_graph_trains_evaluates_and_reuses_as_specified(tmp_path: Path) -> N
     assert set(tasks["weights/tgdpo/s1"].deps) == {"train/dpo/s1"}
     assert set(tasks["train/tgdpo/lr3e-05/s0"].deps) >= {"weights/tgdpo/s0"}
     assert "select/repair" in tasks["train/tidpo-repaired/lr1e-05/s0"].deps
-    assert set(tasks["select/noise"].deps) == {f"select/{a}" for a in WEIGHTING_ARMS if a != "dpo"}
+    assert set(tasks["select/noise"].deps) == {f"select/{a}" for a in WEIGHTING_MAIN if a != "dpo"}
     # GSM8K (in the estimate) at seed 0 only
     assert tasks["eval/dpo/s0"].cost_s - tasks["eval/dpo/s1"].cost_s == pytest.approx(
         REAL.costs.bench_setup + REAL.n_gsm8k * REAL.costs.gsm8k_doc

@@ -73,7 +73,10 @@ def experiment_command(
     ] = None,
     arms: Annotated[
         str | None,
-        typer.Option(help="Comma-separated trained arms instead of the budget's (e.g. dpo,tidpo)."),
+        typer.Option(
+            help="Comma-separated trained arms instead of the budget's (e.g. dpo,tidpo); "
+            "weighting: the diagnostic simpo runs only when named."
+        ),
     ] = None,
     worker: Annotated[
         str,

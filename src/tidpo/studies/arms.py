@@ -17,8 +17,8 @@ from typing import Any
 from tidpo.errors import TidpoError
 
 __all__ = ["ARMS", "BUDGETS", "COMPARISONS", "PRIORITY", "REPAIRS", "REVERSE", "STUDIES",
-           "VARIANTS", "WEIGHTING_ARMS", "Arm", "Budget", "ExperimentError", "flip_labels",
-           "run_config", "train_config"]  # fmt: skip
+           "VARIANTS", "WEIGHTING_ARMS", "WEIGHTING_MAIN", "Arm", "Budget", "ExperimentError",
+           "flip_labels", "run_config", "train_config"]  # fmt: skip
 
 
 class ExperimentError(TidpoError):
@@ -34,6 +34,10 @@ class Arm:
     config: dict[str, Any]
     noise: float = 0.0
     estimator: str | None = None
+    versus: str | None = None
+    """Set on a diagnostic arm of the weighting study: the arm it takes one part of away (the
+    report adds ``versus - this``). It runs only when ``--arms`` names it and enters no verdict
+    and no choice of the noise arms."""
 
 
 ARMS: dict[str, Arm] = {
@@ -104,11 +108,20 @@ WEIGHTING_ARMS: dict[str, Arm] = {
     "confpo": Arm("ConfPO", {"loss": "simpo", "confpo": True}),
     "uniform": Arm("TI-DPO, uniform weights", {"loss": "tidpo", "weighting": "uniform"}),
     "d2po": Arm("D2PO (gamma 0.98)", {"loss": "dpo", "position_decay": 0.98}),
+    "simpo": Arm(
+        "SimPO (diagnostic: ConfPO without its selection)", {"loss": "simpo"}, versus="confpo"
+    ),
 }
 """The trained arms of the weighting study (issue 25), in table order (docs/method.md section 7
 and docs/weights.md say what each option does). ``tidpo-repaired`` takes its options from the
 `REPAIRS` combination chosen on the dev pairs; the noise arms are made from these
-(`tidpo.studies.weighting_budget`)."""
+(`tidpo.studies.weighting_budget`). The study's default arms are `WEIGHTING_MAIN`; ``simpo`` is a
+diagnostic (`Arm.versus`), added after the three-seed results to ask whether ConfPO's gain is its
+token selection or SimPO's objective."""
+
+WEIGHTING_MAIN: tuple[str, ...] = tuple(a for a, arm in WEIGHTING_ARMS.items() if not arm.versus)
+"""The arms the weighting study runs unless ``--arms`` says otherwise (every one but the
+diagnostics)."""
 
 _R1 = {"loss": "tidpo", "special_tokens": "mean", "tie_shared_prefix": True}
 REPAIRS: dict[str, dict[str, Any]] = {

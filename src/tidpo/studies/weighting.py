@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from tidpo.fileio import check_output_path, write_json_atomic
-from tidpo.studies.arms import WEIGHTING_ARMS, ExperimentError
+from tidpo.studies.arms import WEIGHTING_ARMS, WEIGHTING_MAIN, ExperimentError
 from tidpo.studies.weighting_budget import WEIGHTING_BUDGETS, WeightingBudget
 
 __all__ = ["CONDITIONS", "plan_lines", "run_weighting"]
@@ -52,7 +52,8 @@ def _settings(
         "budget": budget,
         "budget_values": dataclasses.asdict(values),
         "seeds": seeds,
-        "arms": list(arms),
+        "arms": [a for a in arms if not WEIGHTING_ARMS[a].versus],
+        "diagnostic_arms": [a for a in arms if WEIGHTING_ARMS[a].versus],
         "condition": condition,
         "real_data": str(real_data.resolve()) if real_data is not None else None,
         "benchmark_data": str(benchmark_data.resolve()),
@@ -60,7 +61,8 @@ def _settings(
 
 
 def _check_same(out: Path, settings: dict[str, Any]) -> None:
-    """A rerun on one ``--out`` must ask for the same study (``study.json``)."""
+    """A rerun on one ``--out`` must ask for the same study (``study.json``); diagnostic arms
+    may be added to a folder (the study's own results stay as they are)."""
     path = out / "study.json"
     if not path.is_file():
         out.mkdir(parents=True, exist_ok=True)
@@ -69,12 +71,24 @@ def _check_same(out: Path, settings: dict[str, Any]) -> None:
     old = json.loads(path.read_text(encoding="utf-8"))
     old_values = json.loads(json.dumps(settings))
     for key, value in old_values.items():
+        if key == "diagnostic_arms":
+            continue
         if old.get(key) != value:
             raise ExperimentError(
                 f"--out {out}: holds a weighting study with another {key} "
                 f"({old.get(key)!r}, now {value!r}); use the same options "
                 "or another --out"
             )
+    if old.get("diagnostic_arms", []) != settings["diagnostic_arms"]:
+        write_json_atomic({**old, "diagnostic_arms": settings["diagnostic_arms"]}, path)
+
+
+def _with_folder_diagnostics(arms: list[str], out: Path) -> list[str]:
+    """``arms`` and the diagnostic arms ``out``'s study already holds (a rerun or a report
+    without them in ``--arms`` keeps them)."""
+    path = out / "study.json"
+    held = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return arms + [a for a in held.get("diagnostic_arms", []) if a not in arms]
 
 
 def _quiet_libraries() -> None:
@@ -182,7 +196,7 @@ def run_weighting(
     bench = Path(benchmark_data)
     if not bench.is_dir():
         raise ExperimentError(f"--benchmark-data: {bench} is not a folder")
-    chosen = list(arms) if arms is not None else list(WEIGHTING_ARMS)
+    chosen = list(arms) if arms is not None else list(WEIGHTING_MAIN)
     unknown = [a for a in chosen if a not in WEIGHTING_ARMS]
     if unknown:
         raise ExperimentError(
@@ -206,6 +220,7 @@ def run_weighting(
         train_files = [bundled_dataset("train")]
     out_path = Path(out)
     check_output_path(out_path, "--out")
+    chosen = _with_folder_diagnostics(chosen, out_path)
     values = WEIGHTING_BUDGETS[budget]
     model_path = resolve_model(model)
     store = TaskStore(out_path)

@@ -21,6 +21,7 @@ from typing import Any
 
 from tidpo.analysis.diversity import distinct_n
 from tidpo.fileio import write_json_atomic
+from tidpo.studies.arms import WEIGHTING_ARMS
 from tidpo.studies.stats import ZERO_TOL, mean_interval, paired_bootstrap, verdict
 
 __all__ = ["BENCH_METRICS", "METRICS", "item_values", "verdict_line", "write_weighting_report"]
@@ -160,8 +161,6 @@ def _collect(graph: Any) -> tuple[dict[str, dict[int, Any]], dict[str, dict[int,
 
 
 def _label(graph: Any, name: str, evals: Mapping[str, Any]) -> str:
-    from tidpo.studies.arms import WEIGHTING_ARMS
-
     if name == "base":
         return "base model (untrained)"
     if name in WEIGHTING_ARMS:
@@ -277,6 +276,10 @@ def write_weighting_report(graph: Any, out: Path) -> dict[str, Any]:
             if name in (ref, "base") or ref not in evals or name.startswith("noise"):
                 continue
             comps[f"{name} - {ref}"] = compare(evals[name], evals[ref])
+    for name in evals:  # a diagnostic arm against the arm it takes a part of away
+        versus = WEIGHTING_ARMS[name].versus if name in WEIGHTING_ARMS else None
+        if versus in evals:
+            comps[f"{versus} - {name}"] = compare(evals[versus], evals[name])
     if "base" in evals and "dpo" in evals:  # what DPO's training gained, over all its seeds
         base = next(iter(evals["base"].values()))  # the untrained model has no seed
         comps["dpo - base"] = compare(evals["dpo"], dict.fromkeys(evals["dpo"], base))
@@ -289,7 +292,7 @@ def write_weighting_report(graph: Any, out: Path) -> dict[str, Any]:
     verdicts = [
         verdict_line(_label(graph, n, evals), comps[f"{n} - dpo"])
         for n in graph.arms
-        if n != "dpo" and f"{n} - dpo" in comps
+        if n != "dpo" and f"{n} - dpo" in comps and not WEIGHTING_ARMS[n].versus
     ]
     pct = f"{int(100 * graph.budget.noise)} % flipped"
     verdicts += [

@@ -62,7 +62,7 @@ class StudyState:
             )
         self.work, self.store, self.budget = work, store, budget
         self.seeds, self.arms = list(seeds), [a for a in WEIGHTING_ARMS if a in arms]
-        self.candidates = [a for a in self.arms if a != "dpo"]
+        self.candidates = [a for a in self.arms if a != "dpo" and not WEIGHTING_ARMS[a].versus]
         self.n_noise = min(budget.n_noise_arms, len(self.candidates)) if noise else 0
         self.tasks: dict[str, Task] = {}
 
