@@ -1,6 +1,7 @@
 """The step options on a tiny model, through the trainer's own step: each changes the loss as it
 says. ConfPO and D2PO against the loss written out from a plain transformers forward (full
-logits); the repairs against the weights of the same step without them; bf16 as well as fp32."""
+logits); the repairs against the weights of the same step without them; the confpo preset
+(SimPO over ConfPO's tokens) against its formula; bf16 as well as fp32."""
 
 from __future__ import annotations
 
@@ -87,6 +88,26 @@ def test_confpo_and_decay_in_tidpo_apply_to_the_steps_own_log_probs(
     sums = (keep * ratios).sum(-1)
     assert float(keep.sum()) > 0
     assert float(loss) == pytest.approx(_dpo(sums[:2] - sums[2:]), rel=1e-4)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_confpo_preset_is_simpo_over_the_kept_tokens(
+    tiny_model_dir: Path, tmp_path: Path, precision: str
+) -> None:
+    """``preset="confpo"`` through the trainer's step, in fp32 and under bf16 autocast: the
+    tokens below their response's mean probability, then SimPO's objective (beta 2, margin 1) on
+    their mean log-prob, written out from the step's own log-probs; no reference model."""
+    trainer, loss, out = _run(tiny_model_dir, tmp_path, precision=precision, preset="confpo")
+    assert trainer.args.bf16 == (precision == "bf16") and trainer.ref_model is None
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    span = batch["response_mask"][:, 1:].double()
+    pol = out["policy_logps"].detach().double()
+    keep = _confident_mask(pol, span)
+    assert 0 < float(keep.sum()) < float(span.sum())
+    torch.testing.assert_close(out["weights"].double(), keep)
+    avg = (keep * pol).sum(-1) / keep.sum(-1)
+    hand = [math.log1p(math.exp(-(2.0 * float(avg[i] - avg[2 + i]) - 1.0))) for i in range(2)]
+    assert float(loss) == pytest.approx(sum(hand) / 2, rel=1e-4)
 
 
 def test_blend_and_rank_repair_ti_dpo_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
