@@ -1,6 +1,7 @@
-"""The weighting study's diagnostic arm (``simpo``: ConfPO's objective without its token
-selection): off by default, outside the verdicts and the choice of the noise arms, compared with
-the arm it takes a part of away, and addable to a study folder that already holds results."""
+"""The weighting study's diagnostic arms (``simpo``: ConfPO's objective without its token
+selection, its rate chosen by the rule; ``simpo-1e-4``: the same at ConfPO's selected rate): off by
+default, outside the verdicts and the choice of the noise arms, compared with the arm they take a
+part of away, and addable to a study folder that already holds results."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from conftest import SHARED
-from test_weighting import _eval, _graph, _write
+from test_weighting import REAL, _eval, _graph, _run, _write
 from tidpo.cli import app
 from tidpo.studies.arms import WEIGHTING_ARMS, WEIGHTING_MAIN
+from tidpo.studies.weighting_budget import training_config
 from tidpo.studies.weighting_report import write_weighting_report
 
 
@@ -27,6 +29,30 @@ def test_the_diagnostic_is_off_by_default_and_never_a_noise_arm(tmp_path: Path) 
     assert "select/simpo" not in tasks["select/noise"].deps
     assert "simpo" not in graph.candidates
     assert len(_graph(tmp_path / "main").tasks) == len(tasks) - 3 - 1 - 2 - 3
+
+
+def test_the_fixed_rate_diagnostic_trains_at_confpos_selected_rate(tmp_path: Path) -> None:
+    """``simpo-1e-4`` has a one-run grid at 1e-4, the rate the study's run chose for ConfPO
+    (read from the committed record), and its seeds train at it."""
+    record = Path(__file__).parents[1] / "docs/results/weighting-run/tasks/select/confpo"
+    assert json.loads((record / "result.json").read_text())["lr"] == 1e-4
+    arm = WEIGHTING_ARMS["simpo-1e-4"]
+    assert (arm.config, arm.lrs, arm.versus) == ({"loss": "simpo"}, (1e-4,), "confpo")
+    assert "simpo-1e-4" not in WEIGHTING_MAIN
+    graph = _graph(tmp_path, ["dpo", "confpo", "simpo-1e-4"])
+    only = "train/simpo-1e-4/lr0.0001/s0"
+    assert [n for n in graph.tasks if n.startswith("train/simpo-1e-4/lr")] == [only]
+    assert graph.tasks["select/simpo-1e-4"].deps == (only,)
+    assert len([n for n in graph.tasks if n.startswith("train/confpo/lr")]) == len(REAL.lrs)
+    assert graph.candidates == ["confpo"]  # never a noise arm
+    # a worse dev accuracy than anything else still wins: it is the only run
+    config = training_config(REAL, {"loss": "simpo"}, 1e-4, 0)
+    _write(graph.store, only, {**_run(1e-4, 10, -1.0), "config": config})
+    sel = graph.select_lr("simpo-1e-4")
+    assert (sel["lr"], sel["run"]) == (1e-4, only)
+    _write(graph.store, "select/simpo-1e-4", sel)
+    assert graph.selected_lr("simpo-1e-4") == 1e-4 and graph.main_run("simpo-1e-4", 0) == [only]
+    assert graph.tasks["train/simpo-1e-4/s2"].deps == ("select/simpo-1e-4",)
 
 
 def test_report_compares_confpo_with_it_and_gives_it_no_verdict(tmp_path: Path) -> None:

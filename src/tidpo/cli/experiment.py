@@ -75,7 +75,7 @@ def experiment_command(
         str | None,
         typer.Option(
             help="Comma-separated trained arms instead of the budget's (e.g. dpo,tidpo); "
-            "weighting: the diagnostic simpo runs only when named."
+            "weighting: the diagnostics simpo and simpo-1e-4 run only when named."
         ),
     ] = None,
     worker: Annotated[

@@ -38,6 +38,9 @@ class Arm:
     """Set on a diagnostic arm of the weighting study: the arm it takes one part of away (the
     report adds ``versus - this``). It runs only when ``--arms`` names it and enters no verdict
     and no choice of the noise arms."""
+    lrs: tuple[float, ...] | None = None
+    """The learning rates of the arm's seed-0 grid in the weighting study (None: the budget's);
+    one rate fixes the arm's rate (the rule then picks the only run)."""
 
 
 ARMS: dict[str, Arm] = {
@@ -111,13 +114,20 @@ WEIGHTING_ARMS: dict[str, Arm] = {
     "simpo": Arm(
         "SimPO (diagnostic: ConfPO without its selection)", {"loss": "simpo"}, versus="confpo"
     ),
+    "simpo-1e-4": Arm(
+        "SimPO at 1e-4 (diagnostic: ConfPO's rate, without its selection)",
+        {"loss": "simpo"},
+        versus="confpo",
+        lrs=(1e-4,),
+    ),
 }
 """The trained arms of the weighting study (issue 25), in table order (docs/method.md section 7
 and docs/weights.md say what each option does). ``tidpo-repaired`` takes its options from the
 `REPAIRS` combination chosen on the dev pairs; the noise arms are made from these
-(`tidpo.studies.weighting_budget`). The study's default arms are `WEIGHTING_MAIN`; ``simpo`` is a
-diagnostic (`Arm.versus`), added after the three-seed results to ask whether ConfPO's gain is its
-token selection or SimPO's objective."""
+(`tidpo.studies.weighting_budget`). The study's default arms are `WEIGHTING_MAIN`; ``simpo`` and
+``simpo-1e-4`` are diagnostics (`Arm.versus`), added after the three-seed results to ask whether
+ConfPO's gain is its token selection or SimPO's objective: ``simpo`` with its rate chosen by the
+rule, ``simpo-1e-4`` at the rate the rule chose for ConfPO in the study's run."""
 
 WEIGHTING_MAIN: tuple[str, ...] = tuple(a for a, arm in WEIGHTING_ARMS.items() if not arm.versus)
 """The arms the weighting study runs unless ``--arms`` says otherwise (every one but the

@@ -159,7 +159,7 @@ class StudyGraph(StudyState):
                 grid.append(name)
             self.add("select/repair", list(grid), self.select_repair, 1.0, "grid")
             deps = [*deps, "select/repair"]
-        for lr in self.budget.lrs:
+        for lr in self.lrs(arm):
             if arm == "tidpo-repaired" and lr == mid:
                 continue
             name = f"train/{arm}/{lr_name(lr)}/s0"

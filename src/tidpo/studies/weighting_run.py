@@ -92,12 +92,16 @@ class StudyState:
         """The seed-0 training tasks an arm's learning rate is chosen from."""
         mid = self.budget.mid_lr
         if arm != "tidpo-repaired":
-            return [f"train/{arm}/{lr_name(lr)}/s0" for lr in self.budget.lrs]
+            return [f"train/{arm}/{lr_name(lr)}/s0" for lr in self.lrs(arm)]
         chosen = self.repair()
         keys = [chosen] if chosen is not None else list(REPAIRS)
         return [f"train/{arm}/{k}/{lr_name(mid)}/s0" for k in keys] + [
             f"train/{arm}/{lr_name(lr)}/s0" for lr in self.budget.lrs if lr != mid
         ]
+
+    def lrs(self, arm: str) -> tuple[float, ...]:
+        """The learning rates of an arm's seed-0 grid (`Arm.lrs`, else the budget's)."""
+        return WEIGHTING_ARMS[arm].lrs or tuple(self.budget.lrs)
 
     def main_run(self, arm: str, seed: int) -> list[str]:
         """The training task(s) whose model is the arm's model of ``seed`` (several while the
